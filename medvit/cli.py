@@ -1,0 +1,188 @@
+"""The ``medvit`` command line: a thin Typer app over library functions.
+
+Heavy imports (torch, MONAI, pydicom, ...) happen inside the commands so that ``medvit --help`` is
+instant. Errors on bad input print one line on stderr and exit with code 2; warnings print one line.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(
+    name="medvit",
+    help="Medical-imaging pipelines on ViT foundation backbones (DICOM, NIfTI, 2D images).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ARG001
+    text = " ".join(str(message).split())
+    print(f"warning: {text}", file=sys.stderr)
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn medvit's user-facing errors into one line on stderr and exit code 2, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from medvit.errors import MedvitError
+
+        warnings.showwarning = _show_warning
+        try:
+            return fn(*args, **kwargs)
+        except MedvitError as exc:
+            _fail(" ".join(str(exc).split()), exc.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+
+    return wrapper
+
+
+def _parse_spacing(text: str | None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        values = ()
+    if len(values) not in (2, 3) or any(v <= 0 for v in values):
+        from medvit.errors import InputError
+
+        raise InputError(f"--spacing {text!r}: expected 2 or 3 positive numbers such as 0.7,0.7,2.5")
+    return values
+
+
+SeriesOpt = Annotated[
+    str | None, typer.Option("--series", help="SeriesInstanceUID (or unique prefix) when a DICOM input holds several.")
+]
+SpacingOpt = Annotated[
+    str | None,
+    typer.Option("--spacing", help="Voxel spacing in mm (x,y[,z]) to use where a DICOM input gives none."),
+]
+
+
+@app.command()
+@handle_errors
+def version() -> None:
+    """Print medvit, torch, MONAI, Lightning and MLflow versions and the CUDA device, if any."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as pkg_version
+
+    import medvit
+
+    typer.echo(f"medvit     {medvit.__version__}")
+    for name in ("torch", "monai", "lightning", "mlflow"):
+        try:
+            typer.echo(f"{name:<10} {pkg_version(name)}")
+        except PackageNotFoundError:
+            typer.echo(f"{name:<10} not installed")
+    import torch
+
+    if torch.cuda.is_available():
+        idx = torch.cuda.current_device()
+        typer.echo(f"cuda       {torch.version.cuda} ({torch.cuda.get_device_name(idx)}, {torch.cuda.device_count()} device(s))")
+    else:
+        typer.echo("cuda       not available (CPU only)")
+
+
+@app.command()
+@handle_errors
+def info(
+    path: Annotated[Path, typer.Argument(help="DICOM file/folder/zip, NIfTI file or 2D image.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+    series: SeriesOpt = None,
+    spacing: SpacingOpt = None,
+) -> None:
+    """Show format, shape, spacing, origin, direction, affine, modality and the DICOM series list."""
+    from medvit.io import describe, list_series, read_image, sniff
+
+    if not path.exists():
+        from medvit.errors import InputError
+
+        raise InputError(f"{path}: no such file or directory")
+    listing = None
+    if path.is_dir() or sniff(path) == "dicom" and path.name.lower().endswith(".zip"):
+        listing = list_series(path)
+    if listing is not None and len(listing) > 1 and series is None:
+        result: dict[str, Any] = {"path": str(path), "format": "dicom", "series": listing}
+        note = "several series: pass --series UID to describe one"
+    else:
+        image = read_image(path, series=series, spacing=_parse_spacing(spacing))
+        result = {"path": str(path), **describe(image)}
+        if listing is not None:
+            result["series_list"] = listing
+        note = None
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    _print_info(result, note)
+
+
+def _print_info(result: dict[str, Any], note: str | None) -> None:
+    def fmt(value: Any) -> str:
+        if isinstance(value, list | tuple):
+            return "[" + ", ".join(fmt(v) for v in value) + "]"
+        if isinstance(value, float):
+            return f"{value:.6g}"
+        return str(value)
+
+    for key, value in result.items():
+        if key in ("series", "series_list") and isinstance(value, list):
+            typer.echo(f"{key}:")
+            for s in value:
+                desc = f" '{s['series_description']}'" if s.get("series_description") else ""
+                typer.echo(f"  {s['series_uid']}{desc} {s.get('modality') or '?'} {s['num_slices']} slice(s)")
+        elif key == "affine":
+            typer.echo("affine:")
+            for row in value:
+                typer.echo("  " + fmt(row))
+        elif key == "series" and isinstance(value, dict):
+            typer.echo("series: " + ", ".join(f"{k}={v}" for k, v in value.items() if v not in (None, "")))
+        else:
+            typer.echo(f"{key}: {fmt(value)}")
+    if note:
+        typer.echo(note)
+
+
+@app.command()
+@handle_errors
+def convert(
+    src: Annotated[Path, typer.Argument(help="DICOM file/folder/zip, NIfTI file or 2D image.")],
+    dst: Annotated[Path, typer.Argument(help="Output .nii.gz (or .nii).")],
+    series: SeriesOpt = None,
+    spacing: SpacingOpt = None,
+) -> None:
+    """Convert any readable input to NIfTI, keeping its grid and world position exactly."""
+    from medvit.errors import InputError
+    from medvit.io import read_image, write_nifti
+
+    if not dst.name.lower().endswith((".nii", ".nii.gz")):
+        raise InputError(f"{dst}: output must end in .nii.gz or .nii")
+    image = read_image(src, series=series, spacing=_parse_spacing(spacing))
+    write_nifti(image, dst)
+    shape = "x".join(str(s) for s in image.shape[1:])
+    typer.echo(f"wrote {dst} ({shape}, {image.shape[0]} channel(s))")
+
+
+def main() -> None:
+    """Console entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

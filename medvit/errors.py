@@ -1,0 +1,36 @@
+"""Errors that reach the user as one line.
+
+Every error medvit raises on bad input derives from :class:`MedvitError`; the CLI prints its message on
+one line and exits with code 2. Messages name the file or key and the reason, and never carry patient
+identifiers.
+"""
+
+from __future__ import annotations
+
+
+class MedvitError(Exception):
+    """Base class of the errors medvit reports to the user as one line (CLI exit code 2)."""
+
+    exit_code = 2
+
+
+class InputError(MedvitError, ValueError):
+    """An input file, folder or array that cannot be used (missing, corrupt, unsupported, inconsistent)."""
+
+
+class GeometryError(InputError):
+    """Geometry that cannot be represented or trusted (mixed orientations, missing spacing, grid mismatch)."""
+
+
+class ConfigError(MedvitError, ValueError):
+    """A configuration key or value that is wrong; the message names the key and the file."""
+
+
+class MedvitWarning(UserWarning):
+    """Something the user should know about an input that medvit could still read (uneven spacing, tilt)."""
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message folded onto one line (whitespace collapsed), at most ``limit`` characters."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,98 @@
+"""2D photographs and tiles (PNG, JPEG, TIFF, BMP): ``[C, H, W]`` arrays in pixel units."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from medvit.errors import InputError, MedvitWarning, one_line
+from medvit.io.atomic import atomic_path
+from medvit.io.geometry import pad_affine_2d
+from medvit.io.meta import make_image, spatial_shape_of, to_numpy
+
+IMAGE2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+# PIL mode -> the mode we convert to before taking the array (None: keep)
+_CONVERT = {"P": "RGB", "PA": "RGB", "CMYK": "RGB", "YCbCr": "RGB", "LA": "L", "1": "L", "RGBA": "RGB"}
+
+
+def is_image2d_name(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE2D_SUFFIXES
+
+
+def read_image2d(path: str | Path):
+    """Read a 2D image into ``[C, H, W]`` (``C`` = 1 grey, 3 colour). Alpha is dropped.
+
+    Pixels have no physical size: the affine is the identity on (row, column) and ``spacing_known`` is
+    ``False``. 16-bit images keep their values (as int32).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            n_frames = getattr(img, "n_frames", 1)
+            fmt = (img.format or path.suffix.lstrip(".")).lower()
+            mode = img.mode
+            if mode == "RGBA":
+                warnings.warn(f"{path.name}: alpha channel dropped", MedvitWarning, stacklevel=2)
+            if mode in _CONVERT:
+                img = img.convert(_CONVERT[mode])
+            data = np.asarray(img)
+    except UnidentifiedImageError:
+        raise InputError(f"{path}: not a readable 2D image (unrecognised content)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"{path}: image data is truncated or corrupt ({one_line(exc)})") from None
+    if n_frames > 1:
+        warnings.warn(f"{path.name}: {n_frames} pages; only the first is read", MedvitWarning, stacklevel=2)
+    if data.ndim == 2:
+        data = data[None]
+    elif data.ndim == 3:
+        data = np.moveaxis(data, -1, 0)
+    else:
+        raise InputError(f"{path}: unsupported image shape {data.shape}")
+    if data.dtype == bool:
+        data = data.astype(np.uint8)
+    return make_image(
+        data,
+        pad_affine_2d(),
+        format=fmt,
+        source=str(path),
+        modality=None,
+        description={"series_uid": None, "series_description": None, "num_slices": 1},
+        spacing_known=False,
+    )
+
+
+def write_png(mask, path: str | Path) -> Path:
+    """Write a 2D label mask (``[H, W]`` or ``[1, H, W]``) or RGB image (``[3, H, W]``) to PNG, atomically.
+
+    Integer labels 0-255 are written as 8-bit, up to 65535 as 16-bit; other values are an error.
+    """
+    from PIL import Image
+
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise InputError(f"{path}: PNG output needs a .png name")
+    data, _ = to_numpy(mask)
+    spatial = spatial_shape_of(mask, data)
+    if len(spatial) == 2 and data.ndim == 3:
+        data = data[0] if data.shape[0] == 1 else np.moveaxis(data, 0, -1)
+    if data.ndim == 3 and data.shape[-1] == 1 and len(spatial) == 3:  # [H, W, 1] grid from a 2D DICOM
+        data = data[..., 0]
+    if data.ndim not in (2, 3) or (data.ndim == 3 and data.shape[-1] != 3):
+        raise InputError(f"{path}: PNG needs a 2D mask or an RGB image, got shape {tuple(data.shape)}")
+    if data.dtype.kind == "f":
+        if not np.all(np.isfinite(data)) or np.any(data != np.round(data)):
+            raise InputError(f"{path}: PNG masks need integer labels; got non-integer values")
+    if data.size and (data.min() < 0 or data.max() > 65535):
+        raise InputError(f"{path}: label values {data.min()}..{data.max()} do not fit a PNG (0..65535)")
+    wide = data.size and data.max() > 255
+    if wide and data.ndim == 3:
+        raise InputError(f"{path}: RGB PNG values must be 0..255")
+    data = data.astype(np.uint16 if wide else np.uint8)
+    with atomic_path(path) as tmp:
+        Image.fromarray(data).save(tmp, format="PNG")
+    return path
