@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
-
-os.environ.setdefault("MLFLOW_TRACKING_URI", "sqlite:///:memory:")
 
 
 def pytest_collection_modifyitems(config, items):
