@@ -40,9 +40,10 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from medvit.errors import MedvitError
+        from medvit.errors import MedvitError, MedvitWarning
 
         warnings.showwarning = _show_warning
+        warnings.simplefilter("always", MedvitWarning)  # one line per case, even for repeated inputs
         try:
             return fn(*args, **kwargs)
         except MedvitError as exc:
@@ -68,7 +69,8 @@ def _parse_spacing(text: str | None) -> tuple[float, ...] | None:
 
 
 SeriesOpt = Annotated[
-    str | None, typer.Option("--series", help="SeriesInstanceUID (or unique prefix) when a DICOM input holds several.")
+    str | None,
+    typer.Option("--series", help="SeriesInstanceUID (or unique prefix) when a DICOM input holds several."),
 ]
 SpacingOpt = Annotated[
     str | None,
@@ -95,7 +97,9 @@ def version() -> None:
 
     if torch.cuda.is_available():
         idx = torch.cuda.current_device()
-        typer.echo(f"cuda       {torch.version.cuda} ({torch.cuda.get_device_name(idx)}, {torch.cuda.device_count()} device(s))")
+        typer.echo(
+            f"cuda       {torch.version.cuda} ({torch.cuda.get_device_name(idx)}, {torch.cuda.device_count()} device(s))"
+        )
     else:
         typer.echo("cuda       not available (CPU only)")
 

@@ -1,9 +1,11 @@
-"""Shared fixtures: paths to the real sample files that installed packages ship."""
+"""Shared fixtures: the real sample files that installed packages ship (pydicom, nibabel), and helpers."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 
@@ -34,3 +36,53 @@ def nibabel_files() -> Path:
     import nibabel
 
     return Path(nibabel.__file__).parent / "tests" / "data"
+
+
+@pytest.fixture(scope="session")
+def ct_series(pydicom_files) -> Path:
+    """A real 5-slice CT series (16x16, 0.488 mm pixels, 2.5 mm slices)."""
+    return pydicom_files / "dicomdirtests" / "98892001" / "CT5N"
+
+
+@pytest.fixture(scope="session")
+def uneven_series(pydicom_files) -> Path:
+    """A real 4-slice CT series with a gap: steps 202.5, 1.25, 1.25 mm."""
+    return pydicom_files / "dicomdirtests" / "77654033" / "CT2"
+
+
+@pytest.fixture(scope="session")
+def mixed_orientation_series(pydicom_files) -> Path:
+    """A real MR series whose seven slices all have different orientations."""
+    return pydicom_files / "dicomdirtests" / "98892003" / "MR700"
+
+
+@pytest.fixture
+def editable_series(ct_series, tmp_path):
+    """Copy the CT series into tmp_path and return ``(folder, edit)``; ``edit(fn)`` rewrites each file."""
+    import pydicom
+
+    folder = tmp_path / "series"
+    shutil.copytree(ct_series, folder)
+
+    def edit(fn):
+        for i, f in enumerate(sorted(folder.iterdir())):
+            ds = pydicom.dcmread(f)
+            fn(ds, i)
+            ds.save_as(f)
+        return folder
+
+    return folder, edit
+
+
+@pytest.fixture(scope="session")
+def sitk_affine():
+    """4x4 voxel -> RAS affine of a SimpleITK image (independent of medvit's own geometry code)."""
+    return _sitk_affine
+
+
+def _sitk_affine(img) -> np.ndarray:
+    direction = np.asarray(img.GetDirection()).reshape(3, 3)
+    affine = np.eye(4)
+    affine[:3, :3] = direction * np.asarray(img.GetSpacing())[None, :]
+    affine[:3, 3] = img.GetOrigin()
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine

@@ -112,8 +112,6 @@ def read_dataset(path: Path, *, data: bytes | None = None, strict: bool = False)
     return ds if "SOPClassUID" in ds and ("Rows" in ds or "PixelData" in ds) else None
 
 
-
-
 def has_pixels(ds) -> bool:
     return any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
 

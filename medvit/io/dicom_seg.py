@@ -78,14 +78,15 @@ def write_dicom_seg(
     else:  # pixel grid [H, W]: one frame
         frames = data[None]
     present = {int(v) for v in np.unique(frames) if v > 0}
-    labels = dict(label_names or {})
-    for value in present:
-        labels.setdefault(value, f"label_{value}")
+    if label_names is None:
+        labels = {value: f"label_{value}" for value in sorted(present)}
+    else:
+        labels = {int(k): v for k, v in label_names.items() if int(k) > 0}
+        unknown = present - set(labels)
+        if unknown:
+            raise InputError(f"{path}: mask holds labels {sorted(unknown)} missing from label_names")
     if not labels:
         labels = {1: "label_1"}  # an empty result is still a valid SEG with one (empty) segment
-    unknown = present - set(labels)
-    if unknown:
-        raise InputError(f"{path}: mask holds labels {sorted(unknown)} missing from label_names")
 
     datasets = [load_source_dataset(s) for s in dict.fromkeys(sources)]
     if len(datasets) == 1 and frame_idx and frame_idx[0] is not None:  # one multi-frame source

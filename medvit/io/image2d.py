@@ -10,7 +10,7 @@ import numpy as np
 from medvit.errors import InputError, MedvitWarning, one_line
 from medvit.io.atomic import atomic_path
 from medvit.io.geometry import pad_affine_2d
-from medvit.io.meta import make_image, spatial_shape_of, to_numpy
+from medvit.io.meta import make_image, to_numpy
 
 IMAGE2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -77,10 +77,9 @@ def write_png(mask, path: str | Path) -> Path:
     if path.suffix.lower() != ".png":
         raise InputError(f"{path}: PNG output needs a .png name")
     data, _ = to_numpy(mask)
-    spatial = spatial_shape_of(mask, data)
-    if len(spatial) == 2 and data.ndim == 3:
+    if data.ndim == 3 and data.shape[0] in (1, 3):  # channel-first
         data = data[0] if data.shape[0] == 1 else np.moveaxis(data, 0, -1)
-    if data.ndim == 3 and data.shape[-1] == 1 and len(spatial) == 3:  # [H, W, 1] grid from a 2D DICOM
+    elif data.ndim == 3 and data.shape[-1] == 1:  # [I, J, 1]: a one-slice grid
         data = data[..., 0]
     if data.ndim not in (2, 3) or (data.ndim == 3 and data.shape[-1] != 3):
         raise InputError(f"{path}: PNG needs a 2D mask or an RGB image, got shape {tuple(data.shape)}")

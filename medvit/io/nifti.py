@@ -83,8 +83,6 @@ def _to_channel_first(data: np.ndarray, path: Path) -> np.ndarray:
     raise InputError(f"{path}: unsupported NIfTI shape {tuple(data.shape)} (expected 2D, 3D or 4D)")
 
 
-
-
 _DTYPE_FOR_NIFTI = {
     np.dtype(bool): np.uint8,
     np.dtype(np.float16): np.float32,
@@ -129,9 +127,11 @@ def write_nifti(image, path: str | Path, *, affine: np.ndarray | None = None) ->
         data = data[..., 0]
     data = _nifti_dtype(np.ascontiguousarray(data))
 
+    if affine.shape != (4, 4):
+        raise GeometryError(f"{path}: affine must be 4x4, got {affine.shape}")
+    geo = decompose_affine(affine)
     cls = nib.Nifti2Image if max(data.shape) > 32767 else nib.Nifti1Image
     img = cls(data, affine)
-    geo = decompose_affine(affine)
     # sform always; qform only where it can hold the affine exactly (no shear)
     img.set_sform(affine, code=1)
     if geo.is_orthogonal:
