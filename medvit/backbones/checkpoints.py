@@ -1,0 +1,317 @@
+"""Reading weight files safely and loading them strictly.
+
+Files are local only: ``.pth``/``.pt``/``.bin`` through ``torch.load(weights_only=True)``, ``.safetensors``,
+and Hugging Face folders (``config.json`` + ``model.safetensors`` or shards). A pickle that needs more than
+tensors (RETFound fine-tuned files pickle ``argparse.Namespace``) is refused unless ``trust_pickle=True``.
+Every failure is an :class:`~medvit.errors.InputError` naming the file and the reason.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import os
+import pickle
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from medvit.errors import InputError, one_line
+from medvit.layers import resample_abs_pos_embed
+
+log = logging.getLogger("medvit.backbones")
+
+WEIGHTS_ENV = "MEDVIT_WEIGHTS_DIR"
+MEDVIT_FORMAT = "medvit-backbone"
+
+
+class CheckpointError(InputError):
+    """A weights file that is missing, unreadable, unsafe to unpickle, or does not fit the backbone."""
+
+
+@dataclass
+class Checkpoint:
+    """What a weights file holds: the raw object (usually a dict), its format and, for HF folders, config."""
+
+    path: Path
+    obj: Any
+    fmt: str  # "torch", "safetensors", "hf", "medvit"
+    config: dict | None = None
+
+
+@dataclass
+class LoadReport:
+    """What loading did: keys dropped as expected, a head dropped for shape, position embedding resampled."""
+
+    path: str
+    dropped: list[str] = field(default_factory=list)
+    head_dropped: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+# -- finding the file ----------------------------------------------------------------------------------
+
+
+def resolve_weights(
+    weights: str | os.PathLike | bool, *, name: str, file_names: Iterable[str], source: str
+) -> Path:
+    """The local weights file or folder for a backbone.
+
+    Args:
+        weights: ``True`` to look the registry's ``file_names`` up in ``MEDVIT_WEIGHTS_DIR``; or a path (a bare
+            file name that does not exist here is also looked up in ``MEDVIT_WEIGHTS_DIR``).
+        name: The backbone name, for messages.
+        file_names: The official file (or folder) names.
+        source: Where the official file is published, for messages.
+    """
+    root = os.environ.get(WEIGHTS_ENV)
+    if weights is True:
+        candidates = list(file_names)
+        if not root:
+            raise CheckpointError(
+                f"{name}: weights=True looks for {', '.join(candidates) or 'a file'} in ${WEIGHTS_ENV}, which is not "
+                f"set; pass weights=PATH or set {WEIGHTS_ENV}. The official weights are published at {source}"
+            )
+        for cand in candidates:
+            path = Path(root) / cand
+            if path.exists():
+                return path
+        raise CheckpointError(
+            f"{name}: none of {', '.join(candidates)} found in {WEIGHTS_ENV}={root}; "
+            f"the official weights are published at {source}"
+        )
+    path = Path(os.fspath(weights)).expanduser()
+    if path.exists():
+        return path
+    looked = [str(path)]
+    if root and not path.is_absolute() and len(path.parts) == 1:
+        alt = Path(root) / path
+        if alt.exists():
+            return alt
+        looked.append(str(alt))
+    raise CheckpointError(
+        f"{name}: weights file not found (looked at {', '.join(looked)}); "
+        f"the official weights are published at {source}"
+    )
+
+
+# -- reading -------------------------------------------------------------------------------------------
+
+
+def _read_torch(path: Path, *, trust_pickle: bool) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        if "weights_only" not in text.lower() and "weights only" not in text.lower():
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({one_line(exc, 160)})") from exc
+        if not trust_pickle:
+            found = re.search(r"GLOBAL ([\w.]+)", text)
+            what = f" ({found.group(1)})" if found else ""
+            raise CheckpointError(
+                f"{path}: the file pickles Python objects besides tensors{what}, and unpickling them can run code; "
+                "if you trust where it came from, load it with trust_pickle=True"
+            ) from exc
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({one_line(exc, 160)})") from exc
+    log.warning("%s: unpickling with weights_only=False because trust_pickle=True", path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({one_line(exc, 160)})") from exc
+
+
+def _is_zip(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(4) == b"PK\x03\x04"
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            meta = fh.metadata() or {}
+            return {k: fh.get_tensor(k) for k in fh.keys()}, meta  # noqa: SIM118
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types for bad headers
+        raise CheckpointError(f"{path}: not a readable safetensors file ({one_line(exc, 160)})") from exc
+
+
+def _read_hf_folder(path: Path) -> Checkpoint:
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise CheckpointError(f"{path}: a weights folder needs config.json and model.safetensors (no config.json)")
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{config_file}: not valid JSON ({one_line(exc, 160)})") from exc
+    files = sorted(path.glob("model*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{path}: a weights folder needs model.safetensors (or model-*-of-*.safetensors)")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update(_read_safetensors(f)[0])
+    return Checkpoint(path, state, "hf", config)
+
+
+def read_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False) -> Checkpoint:
+    """Read a weights file or HF folder without building anything.
+
+    Args:
+        path: ``.pth``/``.pt``/``.bin``/``.ckpt``, ``.safetensors``, or a folder with ``config.json``.
+        trust_pickle: Allow arbitrary pickled objects (only for files from a source you trust).
+    """
+    path = Path(path)
+    if path.is_dir():
+        return _read_hf_folder(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such weights file")
+    if path.suffix == ".safetensors":
+        state, meta = _read_safetensors(path)
+        return Checkpoint(path, state, "medvit" if meta.get("format") == MEDVIT_FORMAT else "safetensors")
+    obj = _read_torch(path, trust_pickle=trust_pickle)
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
+    return Checkpoint(path, obj, "torch")
+
+
+def save_backbone(model: nn.Module, path: str | os.PathLike) -> Path:
+    """Write a backbone's weights as safetensors that :func:`medvit.create_backbone` reloads as-is."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    cfg = getattr(model, "pretrained_cfg", None)
+    meta = {"format": MEDVIT_FORMAT, "backbone": getattr(cfg, "name", "") or ""}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata=meta)
+    tmp.replace(path)
+    return path
+
+
+# -- pure helpers used by the family filters ------------------------------------------------------------
+
+
+def unwrap(obj: Mapping, keys: Iterable[str] = ("model", "teacher", "state_dict", "model_state_dict")) -> dict:
+    """The state dict inside a training checkpoint (``{'model': ...}``, ``{'teacher': ...}``, ...) or ``obj``."""
+    for key in keys:
+        inner = obj.get(key)
+        if isinstance(inner, Mapping) and any(isinstance(v, torch.Tensor) for v in inner.values()):
+            return dict(inner)
+    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
+def strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """Remove ``prefix`` from keys that start with it; other keys are kept unchanged."""
+    return {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in state.items()}
+
+
+def matches(key: str, patterns: Iterable[str]) -> bool:
+    """Whether ``key`` matches one of the glob ``patterns``."""
+    return any(fnmatch.fnmatchcase(key, p) for p in patterns)
+
+
+def drop(state: Mapping[str, torch.Tensor], patterns: Iterable[str]) -> dict[str, torch.Tensor]:
+    """``state`` without the keys matching the glob ``patterns``."""
+    patterns = tuple(patterns)
+    return {k: v for k, v in state.items() if not matches(k, patterns)}
+
+
+def fit_pos_embed(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Resample ``state['pos_embed']`` to the model's grid (float32; prefix entries kept); pure."""
+    pos, target = state.get("pos_embed"), getattr(model, "pos_embed", None)
+    if pos is None or target is None or pos.shape == target.shape:
+        return state
+    prefix = model.num_prefix_tokens if model.pos_embed_prefix else 0
+    n_old = pos.shape[-2] - prefix
+    if pos.ndim != 3 or pos.shape[-1] != target.shape[-1] or n_old <= 0:
+        return state  # left for the strict shape check to report
+    try:
+        new = resample_abs_pos_embed(pos, model.grid, num_prefix_tokens=prefix)
+    except ValueError:
+        return state
+    return {**state, "pos_embed": new}
+
+
+# -- strict loading -------------------------------------------------------------------------------------
+
+
+def guess_family(keys: Iterable[str]) -> str | None:
+    """A best guess at which model family a checkpoint's keys come from, for error messages."""
+    keys = list(keys)
+    text = "\n".join(keys)
+    if "encoder_pos_embed" in text:
+        return "Hi-End-MAE"
+    if "storage_tokens" in text or "rope_embed.periods" in text:
+        return "DINOv3 (original .pth)"
+    if ".attention.q_proj." in text and "layer_scale1" in text:
+        return "DINOv3 (Hugging Face)"
+    if "bert_encoder" in text or "bert_mlp" in text:
+        return "UrFound"
+    if "mlp.w12" in text or "dino_head" in text or "ibot_head" in text:
+        return "DINOv2"
+    if "decoder_pred" in text:
+        return "MAE (RETFound)"
+    if ".ls1.gamma" in text:
+        return "a LayerScale ViT (UNI/DINOv2)"
+    if "blocks.0.attn.qkv.weight" in text:
+        return "a timm-style ViT"
+    return None
+
+
+def _short(keys: list[str], limit: int = 8) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def load_strict(
+    model: nn.Module, state: dict[str, torch.Tensor], *, path: Path | str, name: str, report: LoadReport
+) -> LoadReport:
+    """Load ``state`` into ``model`` strictly, dropping only a head whose class count differs.
+
+    Any missing key, unexpected key or shape mismatch raises :class:`CheckpointError` listing them.
+    """
+    own = model.state_dict()
+    head_keys = [k for k in state if k.startswith("head.")]
+    if head_keys and not all(k in own and own[k].shape == state[k].shape for k in head_keys):
+        file_shape = tuple(state["head.weight"].shape) if "head.weight" in state else "?"
+        model_shape = tuple(own["head.weight"].shape) if "head.weight" in own else "no head"
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}
+        report.head_dropped = True
+        msg = f"{path}: head dropped: the file's head {file_shape} does not fit this model ({model_shape})"
+        report.notes.append(msg)
+        log.warning(msg)
+    missing = sorted(k for k in own if k not in state and not k.startswith("head."))
+    missing_head = sorted(k for k in own if k.startswith("head.") and k not in state)
+    unexpected = sorted(k for k in state if k not in own)
+    mismatched = sorted(
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in state
+        if k in own and state[k].shape != own[k].shape
+    )
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {_short(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {_short(unexpected)}")
+        if mismatched:
+            parts.append(f"shape mismatch (file vs model): {_short(mismatched, 4)}")
+        family = guess_family(state)
+        hint = f"; the keys look like {family}" if family else ""
+        raise CheckpointError(f"{path}: does not fit backbone {name}: {'; '.join(parts)}{hint}")
+    if missing_head:
+        report.notes.append(f"head left at random init ({', '.join(missing_head)} not in the file)")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{path}: non-finite values in {_short(bad, 4)}")
+    model.load_state_dict(state, strict=not missing_head)
+    if report.dropped:
+        log.info("%s: dropped as expected: %s", path, _short(report.dropped, 20))
+    return report

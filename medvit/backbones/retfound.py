@@ -1,0 +1,124 @@
+"""RETFound (Zhou et al., "A foundation model for generalizable disease detection from retinal images",
+Nature 2023): the MAE ViT-L/16 checkpoints and the DINOv2 ViT-L/14 variant.
+
+MAE files are ``{'model': state_dict}`` with the MAE decoder; the encoder keys are timm's. The DINOv2 file is
+``{'teacher': state_dict}`` with a ``backbone.`` prefix, DINO/iBOT heads and ``mlp.w12``/``mlp.w3`` names for
+what timm calls ``mlp.fc1``/``mlp.fc2`` (RETFound's ``main_finetune.py`` renames them the same way).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from medvit.backbones.checkpoints import drop, fit_pos_embed, strip_prefix, unwrap
+from medvit.backbones.registry import Family, PretrainedCfg, register
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RETFOUND_PAPER = (
+    "Zhou et al., A foundation model for generalizable disease detection from retinal images, "
+    "Nature 622, 156-163 (2023)"
+)
+RETFOUND_LICENSE = "CC BY-NC 4.0 (RETFound weights; gated access on the Hugging Face Hub)"
+
+# ViT-L/16 as MAE pre-trains it: sin-cos init, LayerNorm eps 1e-6, no LayerScale
+VIT_LARGE_PATCH16 = dict(embed_dim=1024, depth=24, num_heads=16, patch_size=16, pos_embed="sincos")
+
+
+# -- MAE --------------------------------------------------------------------------------------------------
+
+MAE_DROPS = ("mask_token", "decoder_*", "decoder.*")
+
+
+def normalise_mae(obj: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Unwrap ``{'model': ...}`` and strip a DDP ``module.`` prefix; pure and idempotent."""
+    return strip_prefix(unwrap(obj), "module.")
+
+
+def mae_checkpoint_filter(state_dict: Mapping[str, Any], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Map an MAE pre-training (or fine-tuned) RETFound file onto the medvit ViT; pure.
+
+    Drops the decoder and ``mask_token``; resamples ``pos_embed`` (bicubic, CLS kept) to the model grid.
+    """
+    return fit_pos_embed(drop(normalise_mae(state_dict), MAE_DROPS), model)
+
+
+MAE = Family("RETFound MAE", normalise_mae, mae_checkpoint_filter, MAE_DROPS)
+
+
+def _retfound_cfg(tag: str, modality: str) -> PretrainedCfg:
+    return PretrainedCfg(
+        name=f"vit_large_patch16.{tag}",
+        input_size=(3, 224, 224),
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        license=RETFOUND_LICENSE,
+        paper=RETFOUND_PAPER,
+        source=f"https://huggingface.co/YukunZhou/RETFound_mae_nature{modality} (gated), "
+        "code https://github.com/rmaphoh/RETFound_MAE",
+        file_names=(f"RETFound_mae_nature{modality}.pth",),
+        layout="{'model': state_dict} with MAE decoder keys",
+        notes="authors fine-tune with global average pooling + fc_norm (fc_norm=True, global_pool='avg')",
+    )
+
+
+@register(arch="vit_large_patch16", cfg=_retfound_cfg("retfound_cfp", "CFP"), family=MAE)
+def retfound_cfp() -> dict[str, Any]:
+    """RETFound MAE ViT-L/16 pre-trained on colour fundus photographs."""
+    return VIT_LARGE_PATCH16
+
+
+@register(arch="vit_large_patch16", cfg=_retfound_cfg("retfound_oct", "OCT"), family=MAE)
+def retfound_oct() -> dict[str, Any]:
+    """RETFound MAE ViT-L/16 pre-trained on OCT B-scans."""
+    return VIT_LARGE_PATCH16
+
+
+# -- DINOv2 variant -----------------------------------------------------------------------------------------
+
+DINOV2_DROPS = ("mask_token", "dino_head.*", "ibot_head.*", "dino_loss.*", "ibot_patch_loss.*")
+_DINOV2_RENAMES = ((".mlp.w12.", ".mlp.fc1."), (".mlp.w3.", ".mlp.fc2."))
+
+
+def normalise_dinov2(obj: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Unwrap ``{'teacher': ...}``, strip ``module.``/``backbone.``, rename ``mlp.w12/w3`` to ``mlp.fc1/fc2``."""
+    state = strip_prefix(strip_prefix(unwrap(obj, ("teacher", "model", "state_dict")), "module."), "backbone.")
+    out = {}
+    for key, value in state.items():
+        for old, new in _DINOV2_RENAMES:
+            key = key.replace(old, new)
+        out[key] = value
+    return out
+
+
+def dinov2_checkpoint_filter(state_dict: Mapping[str, Any], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Map RETFound's DINOv2 teacher file onto the medvit ViT-L/14; pure. Heads and ``mask_token`` dropped."""
+    return fit_pos_embed(drop(normalise_dinov2(state_dict), DINOV2_DROPS), model)
+
+
+DINOV2 = Family("RETFound DINOv2", normalise_dinov2, dinov2_checkpoint_filter, DINOV2_DROPS)
+
+
+@register(
+    arch="vit_large_patch14",
+    cfg=PretrainedCfg(
+        name="vit_large_patch14.retfound_dinov2_cfp",
+        input_size=(3, 224, 224),
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        license=RETFOUND_LICENSE,
+        paper=RETFOUND_PAPER + "; Oquab et al., DINOv2, TMLR 2024",
+        source="https://huggingface.co/YukunZhou/RETFound_dinov2_meh (gated), "
+        "code https://github.com/rmaphoh/RETFound_MAE",
+        file_names=("RETFound_dinov2_meh.pth",),
+        layout="{'teacher': state_dict}, 'backbone.' prefix, mlp.w12/mlp.w3, DINO/iBOT heads",
+    ),
+    family=DINOV2,
+)
+def retfound_dinov2_cfp() -> dict[str, Any]:
+    """RETFound DINOv2 ViT-L/14 (LayerScale, learned position embedding) on colour fundus photographs."""
+    return dict(embed_dim=1024, depth=24, num_heads=16, patch_size=14, init_values=1e-5)
