@@ -75,8 +75,9 @@ def resolve_weights(
         candidates = list(file_names)
         if not root:
             raise CheckpointError(
-                f"{name}: weights=True looks for {', '.join(candidates) or 'a file'} in ${WEIGHTS_ENV}, which is not "
-                f"set; pass weights=PATH or set {WEIGHTS_ENV}. The official weights are published at {source}"
+                f"{name}: weights=True looks for {', '.join(candidates) or 'a file'} in ${WEIGHTS_ENV}, "
+                f"which is not set; pass weights=PATH or set {WEIGHTS_ENV}. "
+                f"The official weights are published at {source}"
             )
         for cand in candidates:
             path = Path(root) / cand
@@ -115,8 +116,8 @@ def _read_torch(path: Path, *, trust_pickle: bool) -> Any:
             found = re.search(r"GLOBAL ([\w.]+)", text)
             what = f" ({found.group(1)})" if found else ""
             raise CheckpointError(
-                f"{path}: the file pickles Python objects besides tensors{what}, and unpickling them can run code; "
-                "if you trust where it came from, load it with trust_pickle=True"
+                f"{path}: the file pickles Python objects besides tensors{what}, and unpickling them can run "
+                "code; if you trust where it came from, load it with trust_pickle=True"
             ) from exc
     except (RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({one_line(exc, 160)})") from exc

@@ -55,7 +55,7 @@ class Attention(nn.Module):
             self.k_bias_mask = None
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """Attend over ``x [B, N, dim]``; ``rope`` is ``(cos, sin)`` for all N tokens (identity rows for prefix)."""
+        """Attend over ``x [B, N, dim]``; ``rope`` is ``(cos, sin)`` for all N tokens (prefix rows: identity)."""
         b, n, c = x.shape
         bias = self.qkv.bias
         if bias is not None and self.k_bias_mask is not None:

@@ -44,19 +44,21 @@ class PatchEmbed(nn.Module):
 
     def grid(self, spatial_shape: tuple[int, ...]) -> tuple[int, ...]:
         """The token grid for an input of ``spatial_shape``; every side must be a multiple of the patch."""
-        if len(spatial_shape) != self.spatial_dims or any(s % p for s, p in zip(spatial_shape, self.patch_size)):
+        if len(spatial_shape) != self.spatial_dims or any(
+            s % p for s, p in zip(spatial_shape, self.patch_size, strict=True)
+        ):
             raise InputError(
                 f"input of spatial size {tuple(spatial_shape)} does not fit a {self.spatial_dims}D patch size "
                 f"{self.patch_size}: every side must be a multiple of the patch size"
             )
-        return tuple(s // p for s, p in zip(spatial_shape, self.patch_size))
+        return tuple(s // p for s, p in zip(spatial_shape, self.patch_size, strict=True))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
         """Return the tokens ``[B, N, D]`` and the grid they came from."""
         if x.ndim != self.spatial_dims + 2:
+            axes = "H, W" if self.spatial_dims == 2 else "H, W, D"
             raise InputError(
-                f"expected a {self.spatial_dims + 2}D tensor [B, C, {'H, W' if self.spatial_dims == 2 else 'H, W, D'}]"
-                f", got shape {tuple(x.shape)}"
+                f"expected a {self.spatial_dims + 2}D tensor [B, C, {axes}], got shape {tuple(x.shape)}"
             )
         grid = self.grid(tuple(x.shape[2:]))
         return self.proj(x).flatten(2).transpose(1, 2), grid
