@@ -62,6 +62,7 @@ class VisionTransformer(nn.Module):
         global_pool: ``"token"`` (CLS after norm) or ``"avg"`` (mean of patch tokens) for ``forward``.
         fc_norm: RETFound/MAE fine-tuning layout: no final ``norm``, a LayerNorm after average pooling.
         feature_indices: Default blocks tapped by :meth:`forward_intermediates`.
+        dynamic_img_pad: Zero-pad inputs whose sides are not multiples of the patch (grid = ceiling).
         grad_checkpointing: Recompute block activations in the backward pass to save memory.
     """
 
@@ -96,6 +97,7 @@ class VisionTransformer(nn.Module):
         global_pool: str = "token",
         fc_norm: bool = False,
         feature_indices: Sequence[int] | None = None,
+        dynamic_img_pad: bool = False,
         grad_checkpointing: bool = False,
     ) -> None:
         super().__init__()
@@ -119,7 +121,11 @@ class VisionTransformer(nn.Module):
         self.pos_embed_prefix = pos_embed_prefix
 
         self.patch_embed = PatchEmbed(
-            patch_size=self.patch_size, in_chans=in_chans, embed_dim=embed_dim, spatial_dims=spatial_dims
+            patch_size=self.patch_size,
+            in_chans=in_chans,
+            embed_dim=embed_dim,
+            spatial_dims=spatial_dims,
+            dynamic_img_pad=dynamic_img_pad,
         )
         self.grid = self.patch_embed.grid(self.img_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
