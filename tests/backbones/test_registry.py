@@ -36,7 +36,7 @@ PARAMS_M = {
     "dinov3_vits16": 21,
     "dinov3_vits16plus": 29,
     "dinov3_vitb16": 86,
-    "dinov3_vitl16": 300,
+    "dinov3_vitl16": 303,  # the table rounds it to 300M
     "dinov3_vith16plus": 840,
     "dinov3_vit7b16": 6716,
     "retfound_cfp": 303,
