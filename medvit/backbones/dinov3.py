@@ -124,6 +124,9 @@ def checkpoint_filter(state_dict: Mapping[str, Any], model: nn.Module) -> dict[s
                 f"rope_embed.periods in the file {tuple(periods.shape)} do not match rope_theta={rope.theta} "
                 f"for head dim {rope.head_dim}: the file belongs to another DINOv3 configuration"
             )
+    reg = state.get("reg_token")
+    if reg is not None and reg.shape[1] == 0 and getattr(model, "reg_token", None) is None:
+        state = {k: v for k, v in state.items() if k != "reg_token"}  # HF stores an empty tensor
     return drop(state, DINOV3_DROPS)
 
 
