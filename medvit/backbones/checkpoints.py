@@ -110,10 +110,12 @@ def _read_torch(path: Path, *, trust_pickle: bool) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
     except pickle.UnpicklingError as exc:
         text = str(exc)
-        if "weights_only" not in text.lower() and "weights only" not in text.lower():
-            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({one_line(exc, 160)})") from exc
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        if not found and not trust_pickle:
+            reason = re.search(r"WeightsUnpickler error: *(.+)", text.replace("\n", " "))
+            detail = reason.group(1)[:120] if reason else one_line(exc, 120)
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({detail.strip()})") from exc
         if not trust_pickle:
-            found = re.search(r"GLOBAL ([\w.]+)", text)
             what = f" ({found.group(1)})" if found else ""
             raise CheckpointError(
                 f"{path}: the file pickles Python objects besides tensors{what}, and unpickling them can run "
