@@ -183,6 +183,33 @@ def convert(
     typer.echo(f"wrote {dst} ({shape}, {image.shape[0]} channel(s))")
 
 
+@app.command()
+@handle_errors
+def backbones(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+) -> None:
+    """List the registered backbones: dims, patch, input size, normalisation, license, paper, weights source."""
+    from medvit.backbones import describe_backbone, list_backbones
+
+    rows = [describe_backbone(name) for name in list_backbones()]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        patch = "x".join(str(p) for p in r["patch_size"]) if isinstance(r["patch_size"], list) else r["patch_size"]
+        size = "x".join(str(s) for s in r["input_size"])
+        typer.echo(
+            f"{r['name']:<20} {r['spatial_dims']}D  dim {r['embed_dim']:<5} depth {r['depth']:<3} "
+            f"patch {patch:<3} input {size:<12} {r['position']:<7} {r['arch']}"
+        )
+        typer.echo(f"    normalisation: {r['normalisation']}")
+        files = ", ".join(r["file_names"]) or "none (random init)"
+        typer.echo(f"    weights: {files}; source: {r['source']}")
+        typer.echo(f"    license: {r['license']}")
+        if r["paper"]:
+            typer.echo(f"    paper: {r['paper']}")
+
+
 def main() -> None:
     """Console entry point."""
     app()

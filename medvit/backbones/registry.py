@@ -151,6 +151,8 @@ def describe_backbone(name: str) -> dict[str, Any]:
         norm = f"mean {list(cfg.mean)} std {list(cfg.std or ())}"
     else:
         norm = "none"
+    meta = cfg.to_dict()
+    meta["pretrained_name"] = meta.pop("name")
     return {
         "name": entry.name,
         "arch": entry.arch,
@@ -164,7 +166,7 @@ def describe_backbone(name: str) -> dict[str, Any]:
         "position": "rope" if d["rope"] else d["pos_embed"],
         "normalisation": norm,
         "family": entry.family.name if entry.family else None,
-        **cfg.to_dict(),
+        **meta,
     }
 
 
