@@ -182,6 +182,68 @@ def convert(
     shape = "x".join(str(s) for s in image.shape[1:])
     typer.echo(f"wrote {dst} ({shape}, {image.shape[0]} channel(s))")
 
+cards_app = typer.Typer(help="Data cards: list, show and validate them against the files on disk.", no_args_is_help=True)
+app.add_typer(cards_app, name="cards")
+
+
+@cards_app.command("list")
+@handle_errors
+def cards_list() -> None:
+    """List the data cards found in $MEDVIT_CARDS_PATH, ./data_cards and medvit's own cards."""
+    from medvit.data.cards import list_cards, load_card
+
+    typer.echo(f"{'name':<18} {'dims':<4} {'modality':<8} {'task':<14} {'synthetic':<9} license")
+    for name in list_cards():
+        card = load_card(name)
+        typer.echo(
+            f"{card.name:<18} {card.spatial_dims}D{'':<2} {card.modality:<8} {card.task:<14} "
+            f"{'yes' if card.synthetic else 'no':<9} {card.license}"
+        )
+
+
+@cards_app.command("show")
+@handle_errors
+def cards_show(card: Annotated[str, typer.Argument(help="Card name or path to a card YAML file.")]) -> None:
+    """Print a card, validated, as YAML."""
+    import yaml
+
+    from medvit.data.cards import load_card
+
+    typer.echo(yaml.safe_dump(load_card(card).model_dump(mode="json"), sort_keys=False, width=110).rstrip())
+
+
+@cards_app.command("validate")
+@handle_errors
+def cards_validate(
+    card: Annotated[str, typer.Argument(help="Card name or path to a card YAML file.")],
+    root: Annotated[
+        Path | None, typer.Option("--root", help="Folder holding the data set (synthetic sets: default cache).")
+    ] = None,
+) -> None:
+    """Check that the files the card describes are under ROOT and agree with it (exit 2 when not)."""
+    from medvit.data.cards import load_card
+    from medvit.data.validate import validate_card
+
+    loaded = load_card(card)
+    if root is None and not loaded.synthetic:
+        from medvit.errors import ConfigError
+
+        raise ConfigError(f"card {loaded.name!r} needs --root DIR (the folder holding the data set)")
+    report = validate_card(loaded, root)
+    for problem in report.problems:
+        typer.echo(f"problem: {' '.join(problem.split())}", err=True)
+    s = report.summary
+    if s:
+        splits = ", ".join(f"{k} {v}" for k, v in s.get("splits", {}).items())
+        classes = ", ".join(f"{k} {v}" for k, v in s.get("classes", {}).items())
+        typer.echo(f"card {s['card']}: {s['cases']} case(s) ({splits}); classes present: {classes or 'none'}")
+        if "spacing_min" in s:
+            typer.echo(f"spacing range (mm): {s['spacing_min']} .. {s['spacing_max']}")
+    if not report.ok:
+        typer.echo(f"error: {len(report.problems)} problem(s) found for card {loaded.name!r}", err=True)
+        raise typer.Exit(2)
+    typer.echo("ok")
+
 
 @app.command()
 @handle_errors
