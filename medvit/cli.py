@@ -97,9 +97,8 @@ def version() -> None:
 
     if torch.cuda.is_available():
         idx = torch.cuda.current_device()
-        typer.echo(
-            f"cuda       {torch.version.cuda} ({torch.cuda.get_device_name(idx)}, {torch.cuda.device_count()} device(s))"
-        )
+        name, count = torch.cuda.get_device_name(idx), torch.cuda.device_count()
+        typer.echo(f"cuda       {torch.version.cuda} ({name}, {count} device(s))")
     else:
         typer.echo("cuda       not available (CPU only)")
 
@@ -182,7 +181,10 @@ def convert(
     shape = "x".join(str(s) for s in image.shape[1:])
     typer.echo(f"wrote {dst} ({shape}, {image.shape[0]} channel(s))")
 
-cards_app = typer.Typer(help="Data cards: list, show and validate them against the files on disk.", no_args_is_help=True)
+
+cards_app = typer.Typer(
+    help="Data cards: list, show and validate them against the files on disk.", no_args_is_help=True
+)
 app.add_typer(cards_app, name="cards")
 
 

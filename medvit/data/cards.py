@@ -81,7 +81,7 @@ class Msd(_Strict):
 
 
 class NnUNet(_Strict):
-    """nnU-Net v2 raw data set: ``imagesTr/{case}_{channel:04d}{file_ending}``, ``labelsTr/{case}{file_ending}``."""
+    """nnU-Net v2 raw data set: ``imagesTr/{case}_{channel:04d}{ending}``, ``labelsTr/{case}{ending}``."""
 
     type: Literal["nnunet"]
     dataset_json: str = "dataset.json"
@@ -191,7 +191,9 @@ class DataCard(_Strict):
                 raise ValueError(f"labels: class indices must be 0..{len(keys) - 1}, got {keys}")
         remap = getattr(self.layout, "label_remap", None)
         if remap and not set(remap.values()) <= set(self.labels):
-            raise ValueError(f"layout.label_remap: targets {sorted(set(remap.values()) - set(self.labels))} not in labels")
+            raise ValueError(
+                f"layout.label_remap: targets {sorted(set(remap.values()) - set(self.labels))} not in labels"
+            )
         if self.synthetic != isinstance(self.layout, Synthetic):
             raise ValueError("synthetic: must be true exactly when the layout is 'synthetic'")
         return self
@@ -246,7 +248,9 @@ def find_card(name_or_path: str | Path) -> Path:
             if (d / f"{name_or_path}{suffix}").is_file():
                 return d / f"{name_or_path}{suffix}"
     known = ", ".join(sorted(list_cards())) or "none"
-    raise ConfigError(f"data card {name_or_path!r} not found in {', '.join(map(str, card_dirs()))}; known: {known}")
+    raise ConfigError(
+        f"data card {name_or_path!r} not found in {', '.join(map(str, card_dirs()))}; known: {known}"
+    )
 
 
 def load_card(name_or_path: str | Path) -> DataCard:

@@ -16,7 +16,18 @@ from typing import Any
 
 import numpy as np
 
-from medvit.data.cards import Conic, DataCard, Datalist, FolderPairs, Msd, NnUNet, PanNuke, Refuge, Splits, Synthetic
+from medvit.data.cards import (
+    Conic,
+    DataCard,
+    Datalist,
+    FolderPairs,
+    Msd,
+    NnUNet,
+    PanNuke,
+    Refuge,
+    Splits,
+    Synthetic,
+)
 from medvit.errors import ConfigError, InputError
 
 Case = dict[str, Any]

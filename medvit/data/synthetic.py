@@ -43,7 +43,9 @@ def _ct_case(rng: np.random.Generator, shape) -> tuple[np.ndarray, np.ndarray]:
     liver_c = c + rng.uniform(-0.08, 0.08, 3) * shape - [0.1 * shape[0], 0, 0]
     liver = _ellipsoid(shape, liver_c, np.array(shape) * rng.uniform([0.15, 0.13, 0.2], [0.2, 0.17, 0.3])) & body
     kidney_c = c + [0.2 * shape[0], 0.1 * shape[1], 0] + rng.uniform(-0.05, 0.05, 3) * shape
-    kidney = _ellipsoid(shape, kidney_c, np.array(shape) * rng.uniform([0.06, 0.05, 0.1], [0.09, 0.07, 0.14])) & body
+    kidney = (
+        _ellipsoid(shape, kidney_c, np.array(shape) * rng.uniform([0.06, 0.05, 0.1], [0.09, 0.07, 0.14])) & body
+    )
     vol[liver], label[liver] = 60.0, 1
     vol[kidney], label[kidney] = 160.0, 2
     vol += rng.normal(0, 20, shape).astype(np.float32) * body

@@ -67,7 +67,9 @@ def _check_arrays(card: DataCard, layout, cases: list[dict], problems: list[str]
             problems.append(f"{label_file}: expected [n, H, W, {want}] labels, got {labels.shape}")
             continue
         if images.shape[1:3] != labels.shape[1:3]:
-            problems.append(f"{label_file}: label size {labels.shape[1:3]} differs from images {images.shape[1:3]}")
+            problems.append(
+                f"{label_file}: label size {labels.shape[1:3]} differs from images {images.shape[1:3]}"
+            )
         if isinstance(layout, Conic):
             types = np.asarray(labels[..., 1])
             _check_values(types, allowed, label_file, problems)
@@ -121,7 +123,9 @@ def validate_card(card: DataCard, root: str | Path | None) -> Report:
                 continue
             for other, path in zip(imgs[1:], images[1:], strict=True):
                 if tuple(other.shape[1:]) != tuple(img.shape[1:]):
-                    problems.append(f"{path}: channel image shape {tuple(other.shape[1:])} differs from {images[0]}")
+                    problems.append(
+                        f"{path}: channel image shape {tuple(other.shape[1:])} differs from {images[0]}"
+                    )
             if tuple(lab.shape[1:]) != tuple(img.shape[1:]):
                 problems.append(
                     f"{label}: shape {tuple(lab.shape[1:])} differs from image {Path(images[0]).name} "
