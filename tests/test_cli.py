@@ -193,3 +193,12 @@ def test_no_patient_identifiers_anywhere(ct_series, tmp_path, caplog):
     blob += gzip.decompress((tmp_path / "o.nii.gz").read_bytes()).decode("latin-1")
     for secret in secrets:
         assert secret not in blob
+
+
+@pytest.mark.gpu
+def test_version_names_the_cuda_device():
+    import torch
+
+    result = run("version")
+    assert result.exit_code == 0
+    assert torch.cuda.get_device_name(torch.cuda.current_device()) in result.stdout
