@@ -148,19 +148,24 @@ def _nnunet(layout: NnUNet, root: Path, problems: list[str]) -> list[Case]:
     return cases
 
 
+def _paired_arrays(images: Path, labels: Path, name: str, problems: list[str]) -> int:
+    """Number of usable cases in an images/labels ``.npy`` pair (memory-mapped; counts must agree)."""
+    for f in (images, labels):
+        if not f.is_file():
+            raise InputError(f"{f}: {name} array file is missing")
+    n = int(np.load(images, mmap_mode="r").shape[0])
+    m = int(np.load(labels, mmap_mode="r").shape[0])
+    if n != m:
+        problems.append(f"{labels}: {m} label arrays for {n} images")
+    return min(n, m)
+
+
 def _pannuke(layout: PanNuke, root: Path, problems: list[str]) -> list[Case]:
     cases = []
     for fold in layout.folds:
         images = root / f"Fold {fold}" / "images" / f"fold{fold}" / "images.npy"
         masks = root / f"Fold {fold}" / "masks" / f"fold{fold}" / "masks.npy"
-        for f in (images, masks):
-            if not f.is_file():
-                raise InputError(f"{f}: PanNuke fold file is missing")
-        n = int(np.load(images, mmap_mode="r").shape[0])
-        m = int(np.load(masks, mmap_mode="r").shape[0])
-        if n != m:
-            problems.append(f"{masks}: {m} masks for {n} images")
-        for i in range(min(n, m)):
+        for i in range(_paired_arrays(images, masks, "PanNuke", problems)):
             cases.append({"id": f"fold{fold}_{i:05d}", "image": str(images), "label": str(masks), "index": i,
                           "split": f"fold{fold}", "group": f"fold{fold}_{i:05d}"})  # fmt: skip
     return cases
@@ -168,13 +173,7 @@ def _pannuke(layout: PanNuke, root: Path, problems: list[str]) -> list[Case]:
 
 def _conic(layout: Conic, root: Path, problems: list[str]) -> list[Case]:
     images, labels = root / layout.images, root / layout.labels
-    for f in (images, labels):
-        if not f.is_file():
-            raise InputError(f"{f}: CoNIC array file is missing")
-    n = int(np.load(images, mmap_mode="r").shape[0])
-    m = int(np.load(labels, mmap_mode="r").shape[0])
-    if n != m:
-        problems.append(f"{labels}: {m} label patches for {n} images")
+    n = _paired_arrays(images, labels, "CoNIC", problems)
     groups = [f"patch{i}" for i in range(n)]
     if layout.patch_info and (root / layout.patch_info).is_file():
         with open(root / layout.patch_info, newline="") as fh:
@@ -186,7 +185,7 @@ def _conic(layout: Conic, root: Path, problems: list[str]) -> list[Case]:
     return [
         {"id": f"patch{i:05d}", "image": str(images), "label": str(labels), "index": i, "split": None,
          "group": groups[i]}
-        for i in range(min(n, m))
+        for i in range(n)
     ]  # fmt: skip
 
 
