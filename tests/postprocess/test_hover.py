@@ -1,0 +1,77 @@
+import numpy as np
+import pytest
+
+from medvit.metrics import panoptic_quality
+from medvit.postprocess import hover_instances, hover_postprocess, hv_maps, vote_types
+from medvit.postprocess.hover import sobel_kernels
+
+
+def touching_nuclei():
+    yy, xx = np.mgrid[:64, :64]
+    inst = np.zeros((64, 64), np.int32)
+    inst[(yy - 30) ** 2 + (xx - 22) ** 2 < 100] = 1
+    inst[((yy - 30) ** 2 + (xx - 38) ** 2 < 100) & (inst == 0)] = 2  # touches 1
+    inst[(yy - 50) ** 2 + (xx - 50) ** 2 < 25] = 3
+    inst[5:7, 5:7] = 4  # 4 px: below min_size
+    return inst
+
+
+def test_hv_maps_range_and_sign():
+    inst = touching_nuclei()
+    hv = hv_maps(inst)
+    assert hv.shape == (2, 64, 64)
+    assert hv.min() == -1.0 and hv.max() == 1.0
+    assert (hv[:, inst == 0] == 0).all()
+    row = hv[0, 30, 13:32]  # across nucleus 1, left to right: rises
+    assert row[0] < 0 < row[-1]
+
+
+@pytest.mark.parametrize("ksize", [11, 21])
+def test_touching_nuclei_are_split_and_typed(ksize):
+    inst = touching_nuclei()
+    types = np.where(inst > 0, inst, 0)
+    types[inst == 1] = 2
+    types[inst == 2] = 1
+    types[25:27, 20:22] = 3  # a minority of the pixels of nucleus 1
+    res = hover_postprocess((inst > 0).astype(np.float32), hv_maps(inst), types, sobel_ksize=ksize)
+    assert res.instances.max() == 3
+    s = panoptic_quality(inst, res.instances)
+    assert (s.tp, s.fp, s.fn) == (3, 0, 1)  # the 4-pixel object is removed
+    assert s.sq > 0.95
+    by_true = {}
+    for i, t in res.types.items():
+        true_id = np.bincount(inst[res.instances == i]).argmax()
+        by_true[int(true_id)] = t
+    assert by_true == {1: 2, 2: 1, 3: 3}
+    assert all(0.5 < p <= 1.0 for p in res.type_probs.values())
+    assert len(res.centroids) == 3
+
+
+def test_softmax_input_and_empty():
+    inst = touching_nuclei()
+    probs = np.stack([(inst == 0), (inst > 0)]).astype(np.float32)
+    assert hover_instances(probs, hv_maps(inst)).max() == 3
+    empty = hover_instances(np.zeros((8, 8)), np.zeros((2, 8, 8)))
+    assert empty.dtype == np.int32 and empty.max() == 0
+
+
+def test_vote_types_prefers_nuclear_types_and_takes_probabilities():
+    inst = np.array([[1, 1, 1], [0, 2, 2]])
+    type_map = np.array([[0, 0, 4], [0, 0, 0]])
+    types, probs = vote_types(inst, type_map)
+    assert types == {1: 4, 2: 0}
+    assert probs[1] == pytest.approx(1 / 3)
+    onehot = np.eye(5)[type_map].transpose(2, 0, 1)
+    assert vote_types(inst, onehot)[0] == types
+
+
+def test_sobel_kernels_and_bad_arguments():
+    smooth, deriv = sobel_kernels(3)
+    np.testing.assert_allclose(smooth, [0.25, 0.5, 0.25])
+    np.testing.assert_allclose(deriv, [0.5, 0, -0.5])
+    with pytest.raises(ValueError, match="sobel_ksize"):
+        sobel_kernels(4)
+    with pytest.raises(ValueError, match="hv"):
+        hover_instances(np.zeros((4, 4)), np.zeros((4, 4)))
+    with pytest.raises(ValueError, match="threshold"):
+        hover_instances(np.zeros((4, 4)), np.zeros((2, 4, 4)), threshold=1.0)
