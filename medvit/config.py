@@ -1,0 +1,110 @@
+"""Layered configuration as plain data: defaults < ``configs/`` fragments < pipeline < CLI overrides.
+
+This module does the merging, ``key.sub=value`` overrides and ``${ENV_VAR}`` interpolation; the
+pipeline schema that validates the merged result lives with the pipelines. Every error names the key
+and the file it came from. Nothing is ever evaluated: values are YAML scalars, lists and mappings.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from medvit.errors import ConfigError
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; a missing file, bad YAML or a non-mapping is a one-line error naming the file."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())[:200]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge ``override`` into a copy of ``base``: mappings merge key by key, anything else replaces."""
+    out = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``"trainer.max_epochs=3"`` -> ``{"trainer": {"max_epochs": 3}}`` (the value is parsed as YAML)."""
+    import yaml
+
+    key, sep, raw = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r}: expected key.sub=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    node: dict[str, Any] = {}
+    cursor = node
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        cursor[part] = {}
+        cursor = cursor[part]
+    cursor[parts[-1]] = value
+    return node
+
+
+def interpolate(data: Any, *, source: str, env: Mapping[str, str] | None = None, _path: str = "") -> Any:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string; an unset variable without a default is
+    an error naming the key and ``source``."""
+    env = os.environ if env is None else env
+    if isinstance(data, Mapping):
+        return {
+            k: interpolate(v, source=source, env=env, _path=f"{_path}.{k}" if _path else str(k))
+            for k, v in data.items()
+        }
+    if isinstance(data, list):
+        return [interpolate(v, source=source, env=env, _path=f"{_path}[{i}]") for i, v in enumerate(data)]
+    if not isinstance(data, str):
+        return data
+
+    def substitute(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"{source}: {_path}: environment variable {name} is not set (used as ${{{name}}})")
+
+    return _ENV.sub(substitute, data)
+
+
+def compose(
+    layers: list[tuple[str, Mapping[str, Any]]], overrides: list[str] | None = None, *, env=None
+) -> dict[str, Any]:
+    """Merge ``(source, mapping)`` layers in order, then CLI overrides, then interpolate the environment.
+
+    The source of each layer is kept only for error messages.
+    """
+    merged: dict[str, Any] = {}
+    for _, layer in layers:
+        merged = deep_merge(merged, layer)
+    for text in overrides or []:
+        merged = deep_merge(merged, parse_override(text))
+    source = " < ".join(s for s, _ in layers) or "<config>"
+    return interpolate(merged, source=source, env=env)
