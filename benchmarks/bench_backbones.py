@@ -1,0 +1,156 @@
+"""Side-by-side speed of medvit backbones and the ``transformers`` reference implementations.
+
+Times forward and forward+backward of ``dinov3_vitb16`` (vs ``DINOv3ViTModel``) and ``retfound_cfp``
+(ViT-L/16, vs ``ViTModel`` with LayerNorm eps 1e-6) at 224, in float32 and under bf16 autocast, in one run,
+alternating the two implementations so that both see the same machine state. Prints a table with the
+median time per iteration, the ratio medvit / reference (<= 1.0 means medvit is no slower) and medvit's
+bf16 speed-up over its own float32.
+
+    python benchmarks/bench_backbones.py [--quick] [--batch 1] [--device cpu|cuda] [--json out.json]
+
+Not a test: run it by hand on the machine you care about. On CUDA, bf16 runs through SDPA's flash kernel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+
+import torch
+
+import medvit
+
+
+def reference(name: str):
+    """The transformers model with the same architecture as the medvit backbone."""
+    import transformers
+
+    if name == "dinov3_vitb16":
+        cfg = transformers.DINOv3ViTConfig(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            num_register_tokens=4,
+            patch_size=16,
+            image_size=224,
+            layerscale_value=1e-5,
+        )
+        cfg._attn_implementation = "sdpa"
+        return transformers.DINOv3ViTModel(cfg)
+    cfg = transformers.ViTConfig(
+        hidden_size=1024,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        intermediate_size=4096,
+        image_size=224,
+        patch_size=16,
+        layer_norm_eps=1e-6,
+        qkv_bias=True,
+    )
+    cfg._attn_implementation = "sdpa"
+    return transformers.ViTModel(cfg, add_pooling_layer=False)
+
+
+def step_fn(model, x: torch.Tensor, *, backward: bool, is_medvit: bool) -> Callable[[], None]:
+    def run() -> None:
+        if backward:
+            out = model.forward_features(x) if is_medvit else model(pixel_values=x).last_hidden_state
+            out.float().mean().backward()
+            for p in model.parameters():
+                p.grad = None
+        else:
+            with torch.no_grad():
+                model.forward_features(x) if is_medvit else model(pixel_values=x)
+
+    return run
+
+
+def timeit(fns: dict[str, Callable[[], None]], *, warmup: int, iters: int, device: str, ctx) -> dict[str, float]:
+    """Median seconds per call of each function, calls interleaved."""
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    with ctx():
+        for _ in range(warmup):
+            for fn in fns.values():
+                fn()
+        for _ in range(iters):
+            for key, fn in fns.items():
+                sync()
+                t0 = time.perf_counter()
+                fn()
+                sync()
+                times[key].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer iterations (1 warm-up, 3 timed)")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--models", nargs="+", default=["dinov3_vitb16", "retfound_cfp"])
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    args = parser.parse_args()
+    warmup, iters = (1, 3) if args.quick else (2, 8)
+    device = args.device
+    print(
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, device {device}, "
+        f"threads {torch.get_num_threads()}, batch {args.batch}, warm-up {warmup}, iterations {iters}"
+    )
+    amp = lambda: torch.autocast(device_type=device, dtype=torch.bfloat16)  # noqa: E731
+    results = []
+    header = (
+        f"{'model':<15} {'mode':<18} {'medvit ms':>10} {'reference ms':>13} {'ratio':>7} {'bf16 speed-up':>14}"
+    )
+    print(header)
+    print("-" * len(header))
+    for name in args.models:
+        torch.manual_seed(0)
+        ours = medvit.create_backbone(name).to(device).eval()
+        ref = reference(name).to(device).eval()
+        x = torch.randn(args.batch, 3, 224, 224, device=device)
+        own_fp32: dict[bool, float] = {}
+        for precision, ctx in (("fp32", nullcontext), ("bf16 autocast", amp)):
+            for backward in (False, True):
+                fns = {
+                    "medvit": step_fn(ours, x, backward=backward, is_medvit=True),
+                    "reference": step_fn(ref, x, backward=backward, is_medvit=False),
+                }
+                t = timeit(fns, warmup=warmup, iters=iters, device=device, ctx=ctx)
+                mode = f"{precision} {'fwd+bwd' if backward else 'fwd'}"
+                ratio = t["medvit"] / t["reference"]
+                if precision == "fp32":
+                    own_fp32[backward] = t["medvit"]
+                    speed = ""
+                else:
+                    speed = f"{own_fp32[backward] / t['medvit']:.2f}x"
+                print(
+                    f"{name:<15} {mode:<18} {1e3 * t['medvit']:>10.1f} {1e3 * t['reference']:>13.1f} "
+                    f"{ratio:>7.2f} {speed:>14}"
+                )
+                results.append(
+                    {
+                        "model": name,
+                        "mode": mode,
+                        "medvit_s": t["medvit"],
+                        "reference_s": t["reference"],
+                        "ratio": ratio,
+                        "bf16_speedup_vs_own_fp32": None
+                        if precision == "fp32"
+                        else own_fp32[backward] / t["medvit"],
+                    }
+                )
+        del ours, ref
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"device": device, "batch": args.batch, "results": results}, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
