@@ -3,8 +3,9 @@
 Times forward and forward+backward of ``dinov3_vitb16`` (vs ``DINOv3ViTModel``) and ``retfound_cfp``
 (ViT-L/16, vs ``ViTModel`` with LayerNorm eps 1e-6) at 224, in float32 and under bf16 autocast, in one run,
 alternating the two implementations so that both see the same machine state. Prints a table with the
-median time per iteration, the ratio medvit / reference (<= 1.0 means medvit is no slower) and medvit's
-bf16 speed-up over its own float32.
+median and the minimum time per iteration, the ratio medvit / reference of each (<= 1.0 means medvit is
+no slower) and medvit's bf16 speed-up over its own float32. On a shared machine the minimum is the
+steadier figure: other processes only ever add time.
 
     python benchmarks/bench_backbones.py [--quick] [--batch 1] [--device cpu|cuda] [--json out.json]
 
@@ -71,8 +72,10 @@ def step_fn(model, x: torch.Tensor, *, backward: bool, is_medvit: bool) -> Calla
     return run
 
 
-def timeit(fns: dict[str, Callable[[], None]], *, warmup: int, iters: int, device: str, ctx) -> dict[str, float]:
-    """Median seconds per call of each function, calls interleaved."""
+def timeit(
+    fns: dict[str, Callable[[], None]], *, warmup: int, iters: int, device: str, ctx
+) -> dict[str, tuple[float, float]]:
+    """(median, minimum) seconds per call of each function, calls interleaved."""
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     times: dict[str, list[float]] = {k: [] for k in fns}
     with ctx():
@@ -86,7 +89,7 @@ def timeit(fns: dict[str, Callable[[], None]], *, warmup: int, iters: int, devic
                 fn()
                 sync()
                 times[key].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return {k: (statistics.median(v), min(v)) for k, v in times.items()}
 
 
 def main() -> None:
@@ -97,7 +100,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["dinov3_vitb16", "retfound_cfp"])
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args()
-    warmup, iters = (1, 3) if args.quick else (2, 8)
+    warmup, iters = (1, 3) if args.quick else (2, 7)
     device = args.device
     print(
         f"torch {torch.__version__}, {platform.processor() or platform.machine()}, device {device}, "
@@ -106,7 +109,8 @@ def main() -> None:
     amp = lambda: torch.autocast(device_type=device, dtype=torch.bfloat16)  # noqa: E731
     results = []
     header = (
-        f"{'model':<15} {'mode':<18} {'medvit ms':>10} {'reference ms':>13} {'ratio':>7} {'bf16 speed-up':>14}"
+        f"{'model':<14} {'mode':<22} {'medvit ms (med/min)':>20} {'reference ms (med/min)':>23} "
+        f"{'ratio med/min':>14} {'bf16 speed-up med/min':>22}"
     )
     print(header)
     print("-" * len(header))
@@ -115,7 +119,7 @@ def main() -> None:
         ours = medvit.create_backbone(name).to(device).eval()
         ref = reference(name).to(device).eval()
         x = torch.randn(args.batch, 3, 224, 224, device=device)
-        own_fp32: dict[bool, float] = {}
+        own_fp32: dict[bool, tuple[float, float]] = {}
         for precision, ctx in (("fp32", nullcontext), ("bf16 autocast", amp)):
             for backward in (False, True):
                 fns = {
@@ -124,26 +128,27 @@ def main() -> None:
                 }
                 t = timeit(fns, warmup=warmup, iters=iters, device=device, ctx=ctx)
                 mode = f"{precision} {'fwd+bwd' if backward else 'fwd'}"
-                ratio = t["medvit"] / t["reference"]
+                ours_t, ref_t = t["medvit"], t["reference"]
+                ratio = (ours_t[0] / ref_t[0], ours_t[1] / ref_t[1])
+                speedup = None
                 if precision == "fp32":
-                    own_fp32[backward] = t["medvit"]
-                    speed = ""
+                    own_fp32[backward] = ours_t
                 else:
-                    speed = f"{own_fp32[backward] / t['medvit']:.2f}x"
+                    speedup = (own_fp32[backward][0] / ours_t[0], own_fp32[backward][1] / ours_t[1])
+                speed = f"{speedup[0]:.2f}x / {speedup[1]:.2f}x" if speedup else ""
                 print(
-                    f"{name:<15} {mode:<18} {1e3 * t['medvit']:>10.1f} {1e3 * t['reference']:>13.1f} "
-                    f"{ratio:>7.2f} {speed:>14}"
+                    f"{name:<14} {mode:<22} {1e3 * ours_t[0]:>9.0f} /{1e3 * ours_t[1]:>8.0f}  "
+                    f"{1e3 * ref_t[0]:>11.0f} /{1e3 * ref_t[1]:>9.0f}  "
+                    f"{ratio[0]:>6.2f} /{ratio[1]:>5.2f}  {speed:>22}"
                 )
                 results.append(
                     {
                         "model": name,
                         "mode": mode,
-                        "medvit_s": t["medvit"],
-                        "reference_s": t["reference"],
-                        "ratio": ratio,
-                        "bf16_speedup_vs_own_fp32": None
-                        if precision == "fp32"
-                        else own_fp32[backward] / t["medvit"],
+                        "medvit_s_median_min": ours_t,
+                        "reference_s_median_min": ref_t,
+                        "ratio_median_min": ratio,
+                        "bf16_speedup_vs_own_fp32_median_min": speedup,
                     }
                 )
         del ours, ref
