@@ -13,6 +13,15 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "adapters"))
 from tiny_models import tiny_2d, tiny_3d  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread; with several, OpenMP waits on cores the machine shares."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(params=["2d", "3d", "dinov3"])
 def backbone_and_input(request):
     """A tiny 2D, 3D and DINOv3-style (RoPE, registers, LayerScale, SwiGLU) backbone with an input."""
