@@ -2,7 +2,9 @@
 FunduSegmenter and CellVTA. Every adapter reports ``count_parameters(module) -> (trainable, total)``."""
 
 from medvit.adapters.adaptertune import apply_adaptertune, remove_adaptertune
+from medvit.adapters.cellvta import CellVTA
 from medvit.adapters.common import count_parameters, freeze, parameter_report, unfreeze
+from medvit.adapters.funduseg import FunduSegmenter
 from medvit.adapters.lora import (
     LoRALinear,
     apply_lora,
@@ -13,6 +15,8 @@ from medvit.adapters.lora import (
 )
 
 __all__ = [
+    "CellVTA",
+    "FunduSegmenter",
     "LoRALinear",
     "apply_adaptertune",
     "apply_lora",
