@@ -57,10 +57,10 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Attend over ``x [B, N, dim]``; ``rope`` is ``(cos, sin)`` for all N tokens (prefix rows: identity)."""
         b, n, c = x.shape
-        bias = self.qkv.bias
-        if bias is not None and self.k_bias_mask is not None:
-            bias = bias * self.k_bias_mask.to(bias.dtype)
-        qkv = F.linear(x, self.qkv.weight, bias).reshape(b, n, 3, self.num_heads, self.head_dim)
+        qkv = self.qkv(x)  # a module call, so wrappers such as LoRA apply in full (dropout included)
+        if self.k_bias_mask is not None and self.qkv.bias is not None:
+            qkv = qkv - (self.qkv.bias * (1 - self.k_bias_mask)).to(qkv.dtype)  # key bias held at zero
+        qkv = qkv.reshape(b, n, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
