@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+
+# helpers shared by several test folders (tiny_models.py) import as plain modules under importlib mode
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny_models import tiny_2d, tiny_3d  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
@@ -86,3 +93,22 @@ def _sitk_affine(img) -> np.ndarray:
     affine[:3, :3] = direction * np.asarray(img.GetSpacing())[None, :]
     affine[:3, 3] = img.GetOrigin()
     return np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread; with several, OpenMP waits on cores the machine shares."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(params=["2d", "3d", "dinov3"])
+def backbone_and_input(request):
+    """A tiny 2D, 3D and DINOv3-style (RoPE, registers, LayerScale, SwiGLU) backbone with an input."""
+    if request.param == "2d":
+        return tiny_2d(), torch.randn(2, 3, 32, 32)
+    if request.param == "3d":
+        return tiny_3d(), torch.randn(1, 1, 16, 16, 16)
+    return tiny_2d("dinov3_vits16plus", size=32), torch.randn(2, 3, 32, 32)
