@@ -18,6 +18,10 @@ class InputError(MedvitError, ValueError):
     """An input file, folder or array that cannot be used (missing, corrupt, unsupported, inconsistent)."""
 
 
+class NotDicomError(InputError):
+    """A single file given as DICOM whose content is not DICOM."""
+
+
 class GeometryError(InputError):
     """Geometry that cannot be represented or trusted (mixed orientations, missing spacing, grid mismatch)."""
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medvit.errors import GeometryError, InputError, MedvitWarning, one_line
+from medvit.errors import GeometryError, InputError, MedvitWarning, NotDicomError, one_line
 from medvit.io.dicom_scan import Frame, Series, scan, select_series
 from medvit.io.geometry import lps_to_ras, pad_affine_2d
 from medvit.io.meta import make_image
@@ -59,7 +59,7 @@ def _nothing_found(path: Path, report) -> InputError:
     if path.is_file():
         if report.no_pixels:
             return InputError(f"{path}: DICOM file has no pixel data (not an image)")
-        return InputError(f"{path}: not a DICOM file")
+        return NotDicomError(f"{path}: not a DICOM file")
     return InputError(
         f"{path}: no readable images ({report.files} file(s) scanned: {report.not_dicom} not DICOM, "
         f"{report.no_pixels} DICOM without pixel data)"

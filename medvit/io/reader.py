@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from medvit.errors import InputError
+from medvit.errors import InputError, NotDicomError
 from medvit.io.geometry import decompose_affine
 
 _PNG = b"\x89PNG\r\n\x1a\n"
@@ -71,12 +71,10 @@ def read_image(path: str | Path, *, series: str | None = None, spacing: tuple[fl
         return read_image2d(path)
     from medvit.io.dicom import read_dicom
 
-    if path.is_file() and not path.name.lower().endswith(".zip"):
-        from medvit.io.dicom_scan import read_dataset
-
-        if read_dataset(path) is None:
-            raise InputError(f"{path}: not a DICOM, NIfTI or 2D image file (unrecognised content)")
-    return read_dicom(path, series=series, spacing=spacing)
+    try:
+        return read_dicom(path, series=series, spacing=spacing)
+    except NotDicomError:  # DICOM was only the last guess: say what was tried
+        raise InputError(f"{path}: not a DICOM, NIfTI or 2D image file (unrecognised content)") from None
 
 
 def describe(image) -> dict[str, Any]:
