@@ -113,19 +113,18 @@ def test_hdr_without_img(tmp_path, nibabel_files):
         read_image(tmp_path / "scan.hdr")
 
 
-def test_truncated_nifti(tmp_path, nibabel_files):
-    data = (nibabel_files / "anatomical.nii").read_bytes()
-    path = tmp_path / "cut.nii"
+@pytest.mark.parametrize(
+    "source, name, message",
+    [
+        ("anatomical.nii", "cut.nii", r"cut\.nii: .*(truncated|corrupt|readable)"),
+        ("example4d.nii.gz", "cut.nii.gz", r"cut\.nii\.gz: "),
+    ],
+)
+def test_truncated_nifti(tmp_path, nibabel_files, source, name, message):
+    data = (nibabel_files / source).read_bytes()
+    path = tmp_path / name
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(InputError, match=r"cut\.nii: .*(truncated|corrupt|readable)"):
-        read_image(path)
-
-
-def test_truncated_gzip(tmp_path, nibabel_files):
-    data = (nibabel_files / "example4d.nii.gz").read_bytes()
-    path = tmp_path / "cut.nii.gz"
-    path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(InputError, match=r"cut\.nii\.gz: "):
+    with pytest.raises(InputError, match=message):
         read_image(path)
 
 
