@@ -1,0 +1,265 @@
+"""The model package: the one format training writes, the registry stores and predict reads.
+
+A package is a folder::
+
+    medvit.yaml         format, task, labels, model spec, preprocessing, inference settings, provenance
+    model.safetensors   the whole model's weights (backbone, adapter, head)
+
+Nothing else is needed to predict: no pipeline file, no data card, no pretrained backbone file.
+:func:`load_package` accepts the folder, its ``medvit.yaml``, a run folder holding ``package/``, or a
+Lightning checkpoint inside a run folder (the run's package spec with the checkpoint's weights).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from medvit.errors import InputError, one_line
+from medvit.models.spec import ModelSpec
+from medvit.transforms.preprocess import PreprocessSpec
+
+FORMAT = "medvit-package"
+FORMAT_VERSION = 1
+SPEC_FILE = "medvit.yaml"
+WEIGHTS_FILE = "model.safetensors"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class InferenceSpec(_Strict):
+    """How predict runs the network.
+
+    Attributes:
+        mode: ``sliding_window`` over the preprocessed image (3D, large 2D) or ``whole`` image at once.
+        roi_size: Window size for ``sliding_window`` (the training patch size).
+        overlap: Default window overlap.
+        sw_batch_size: Windows per forward pass.
+        blend: ``gaussian`` (nnU-Net style) or ``constant``.
+        tta_axes: Spatial axes (0-based, after preprocessing) that flip-mirroring TTA may use.
+    """
+
+    mode: Literal["sliding_window", "whole"] = "whole"
+    roi_size: list[int] | None = None
+    overlap: float = Field(0.5, ge=0.0, lt=1.0)
+    sw_batch_size: int = Field(2, ge=1)
+    blend: Literal["gaussian", "constant"] = "gaussian"
+    tta_axes: list[int] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check(self) -> InferenceSpec:
+        if self.mode == "sliding_window" and not self.roi_size:
+            raise ValueError("sliding_window inference needs roi_size")
+        return self
+
+
+class PackageSpec(_Strict):
+    """Contents of ``medvit.yaml``.
+
+    ``labels`` maps output index to name: segmentation classes (0 = background), classification classes,
+    or nuclei types for ``cells``. ``provenance`` holds non-identifying facts about the run that made the
+    package (pipeline name, data card, MLflow run id, metrics).
+    """
+
+    format: Literal["medvit-package"] = FORMAT
+    format_version: int = FORMAT_VERSION
+    medvit_version: str = ""
+    name: str
+    task: Literal["classification", "segmentation", "cells"]
+    multi_label: bool = False
+    labels: dict[int, str]
+    model: ModelSpec
+    preprocessing: PreprocessSpec
+    inference: InferenceSpec = Field(default_factory=InferenceSpec)
+    provenance: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> PackageSpec:
+        if self.format_version > FORMAT_VERSION:
+            raise ValueError(f"format_version {self.format_version} is newer than this medvit reads")
+        if self.model.head.name == "cellvta" and self.task != "cells":
+            raise ValueError("a cellvta head is a 'cells' task")
+        if self.task != "cells" and len(self.labels) != self.model.num_classes:
+            n = self.model.num_classes
+            raise ValueError(f"labels name {len(self.labels)} classes, model.num_classes is {n}")
+        return self
+
+    @property
+    def spatial_dims(self) -> int:
+        return self.preprocessing.spatial_dims
+
+
+def parse_spec(data: Any, source: str) -> PackageSpec:
+    """Validate a package spec; errors name the first bad key and ``source``."""
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise InputError(f"{source}: not a medvit model package (no 'format: {FORMAT}')")
+    try:
+        return PackageSpec.model_validate(data)
+    except ValidationError as err:
+        e = err.errors()[0]
+        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        raise InputError(f"{source}: {loc}: {e['msg']}") from None
+
+
+def package_hash(folder: str | Path) -> str:
+    """SHA-256 over ``medvit.yaml`` and ``model.safetensors`` (what identifies a package's behaviour)."""
+    h = hashlib.sha256()
+    for name in (SPEC_FILE, WEIGHTS_FILE):
+        h.update(name.encode())
+        with open(Path(folder) / name, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class ModelPackage:
+    """A loaded package: its spec, folder and hash; :meth:`build` gives the model with weights, in eval mode."""
+
+    spec: PackageSpec
+    path: Path
+    sha256: str
+    state_dict: dict[str, Any] | None = field(default=None, repr=False)  # set when weights come from a .ckpt
+
+    @property
+    def labels(self) -> dict[int, str]:
+        return self.spec.labels
+
+    def build(self):
+        """The network with the package's weights loaded strictly, in eval mode, on CPU."""
+        from medvit.models import build_model
+
+        model = build_model(self.spec.model, load_weights=False)
+        state = self.state_dict if self.state_dict is not None else read_weights(self.path / WEIGHTS_FILE)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            parts = []
+            if missing:
+                parts.append(f"missing {len(missing)} key(s) e.g. {missing[0]}")
+            if unexpected:
+                parts.append(f"unexpected {len(unexpected)} key(s) e.g. {unexpected[0]}")
+            raise InputError(f"{self.path}: weights do not match the package's model ({'; '.join(parts)})")
+        return model.eval()
+
+
+def read_weights(path: Path) -> dict[str, Any]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read the package weights ({one_line(exc, 160)})") from None
+
+
+def save_package(
+    model,
+    spec: PackageSpec | dict[str, Any],
+    folder: str | Path,
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``model``'s weights and ``spec`` as a package folder, atomically (temp folder, then rename).
+
+    Returns the package folder.
+    """
+    import yaml
+    from safetensors.torch import save_file
+
+    import medvit
+
+    spec = spec if isinstance(spec, PackageSpec) else PackageSpec.model_validate(spec)
+    spec = spec.model_copy(update={"medvit_version": medvit.__version__})
+    folder = Path(folder)
+    if folder.exists() and not overwrite:
+        raise InputError(f"{folder}: already exists; choose another folder or pass overwrite=True")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
+        data = spec.model_dump(mode="json")
+        (tmp / SPEC_FILE).write_text(yaml.safe_dump(data, sort_keys=False))
+        parse_spec(yaml.safe_load((tmp / SPEC_FILE).read_text()), str(folder / SPEC_FILE))  # reads back
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def _find_package_dir(path: Path) -> Path | None:
+    for cand in (path, path / "package"):
+        if (cand / SPEC_FILE).is_file():
+            return cand
+    return None
+
+
+def load_package(path: str | os.PathLike) -> ModelPackage:
+    """Load a model package from its folder, its ``medvit.yaml``, a run folder or a run's ``.ckpt`` file.
+
+    Raises:
+        InputError: Not found, not a package, or a spec that does not validate (one line naming the file).
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such model package, run folder or checkpoint")
+    ckpt_state = None
+    if path.is_file() and path.suffix == ".ckpt":
+        folder = next((d for p in path.parents if (d := _find_package_dir(p)) is not None), None)
+        if folder is None:
+            raise InputError(f"{path}: a checkpoint outside a medvit run folder (no package/{SPEC_FILE} above it)")
+        ckpt_state = _checkpoint_state(path)
+    elif path.is_file() and path.name == SPEC_FILE:
+        folder = path.parent
+    else:
+        folder = _find_package_dir(path) if path.is_dir() else None
+        if folder is None:
+            raise InputError(f"{path}: not a medvit model package (no {SPEC_FILE})")
+    spec_file = folder / SPEC_FILE
+    try:
+        data = yaml.safe_load(spec_file.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise InputError(f"{spec_file}: not valid YAML ({one_line(exc, 160)})") from None
+    spec = parse_spec(data, str(spec_file))
+    if ckpt_state is None and not (folder / WEIGHTS_FILE).is_file():
+        raise InputError(f"{folder}: package has no {WEIGHTS_FILE}")
+    sha = package_hash(folder) if ckpt_state is None else _file_hash(path)
+    return ModelPackage(spec=spec, path=folder, sha256=sha, state_dict=ckpt_state)
+
+
+def _file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _checkpoint_state(path: Path) -> dict[str, Any]:
+    """The network weights of a medvit Lightning checkpoint (``model.`` prefix of the task module)."""
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001  (torch raises many types for bad files)
+        raise InputError(f"{path}: not a readable checkpoint ({one_line(exc, 160)})") from None
+    state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise InputError(f"{path}: not a Lightning checkpoint (no state_dict)")
+    out = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
+    if not out:
+        raise InputError(f"{path}: checkpoint holds no medvit model weights (no 'model.' keys)")
+    return out
