@@ -38,3 +38,23 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
     """An exception's message folded onto one line (whitespace collapsed), at most ``limit`` characters."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def validation_line(err, source: str, *, messages: dict | None = None) -> str:
+    """One line naming every offending key of a pydantic ``ValidationError`` and the ``source`` file.
+
+    Args:
+        err: The ``ValidationError``.
+        source: What was validated (a file, or ``file < overrides``).
+        messages: ``{error type: fn(error dict) -> message}`` for messages clearer than pydantic's.
+    """
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
+        msg = e["msg"].removeprefix("Value error, ")
+        if messages and e["type"] in messages:
+            msg = messages[e["type"]](e)
+        elif e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return f"{source}: " + "; ".join(parts)

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from medvit.errors import InputError, one_line
+from medvit.errors import InputError, one_line, validation_line
 from medvit.models.spec import ModelSpec
 from medvit.transforms.preprocess import PreprocessSpec
 
@@ -105,9 +105,7 @@ def parse_spec(data: Any, source: str) -> PackageSpec:
     try:
         return PackageSpec.model_validate(data)
     except ValidationError as err:
-        e = err.errors()[0]
-        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
-        raise InputError(f"{source}: {loc}: {e['msg']}") from None
+        raise InputError(validation_line(err, source)) from None
 
 
 def package_hash(folder: str | Path) -> str:

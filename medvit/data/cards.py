@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from medvit.errors import ConfigError
+from medvit.errors import ConfigError, validation_line
 
 CARDS_ENV = "MEDVIT_CARDS_PATH"
 
@@ -203,16 +203,10 @@ class DataCard(_Strict):
 
 
 def _error_line(err: ValidationError, source: str) -> str:
-    parts = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif e["type"] == "union_tag_invalid":
-            msg = f"unknown layout type {e.get('input', {}).get('type')!r}; known: {', '.join(LAYOUT_TYPES)}"
-        parts.append(f"{loc}: {msg}" if loc else msg)
-    return f"{source}: " + "; ".join(parts)
+    def bad_layout(e: dict) -> str:
+        return f"unknown layout type {e.get('input', {}).get('type')!r}; known: {', '.join(LAYOUT_TYPES)}"
+
+    return validation_line(err, source, messages={"union_tag_invalid": bad_layout})
 
 
 def parse_card(data: Any, source: str = "<card>") -> DataCard:
