@@ -274,6 +274,50 @@ def backbones(
             typer.echo(f"    paper: {r['paper']}")
 
 
+@app.command(context_settings={"allow_extra_args": False})
+@handle_errors
+def run(
+    pipeline: Annotated[
+        Path | None, typer.Argument(help="Pipeline YAML file (see pipelines/); omit with --resume.")
+    ] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="Overrides as key.sub=value, e.g. trainer.max_epochs=2.")
+    ] = None,
+    resume: Annotated[
+        Path | None, typer.Option("--resume", help="Run folder to resume from its last checkpoint.")
+    ] = None,
+    check: Annotated[
+        bool, typer.Option("--check", help="Validate the pipeline, data and weights; do not train.")
+    ] = False,
+) -> None:
+    """Train, validate and test a pipeline; log it to MLflow and write a model package."""
+    from medvit import engine
+
+    if pipeline is not None and "=" in pipeline.name and not pipeline.exists():
+        overrides = [str(pipeline), *(overrides or [])]  # `--resume DIR key=value`: the first is an override
+        pipeline = None
+    if check:
+        if pipeline is None:
+            raise typer.BadParameter("--check needs a pipeline file")
+        cfg, _, dm = engine.check_pipeline(pipeline, overrides or [])
+        typer.echo(f"ok: {pipeline} ({cfg.task.kind}, card {engine.card_name(cfg)}, {dm.num_classes} classes)")
+        return
+    result = engine.run_pipeline(pipeline, overrides or [], resume=resume)
+    if result.package is None:
+        return
+    typer.echo("")
+    for key in sorted(result.metrics):
+        if key.startswith(("val/", "test/")):
+            typer.echo(f"{key:<28} {result.metrics[key]:.4f}")
+    typer.echo(f"run folder:     {result.run_dir}")
+    if result.mlflow_run_id:
+        typer.echo(f"MLflow run:     {result.mlflow_run_id} ({result.tracking_uri})")
+    if result.registered:
+        typer.echo(f"registered:     models:/{result.registered['name']}/{result.registered['version']}")
+    typer.echo(f"model package:  {result.package}")
+    typer.echo(f"predict with:   medvit predict -m {result.package} -i INPUT -o OUTDIR")
+
+
 def main() -> None:
     """Console entry point."""
     app()

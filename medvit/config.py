@@ -108,3 +108,54 @@ def compose(
         merged = deep_merge(merged, parse_override(text))
     source = " < ".join(s for s, _ in layers) or "<config>"
     return interpolate(merged, source=source, env=env)
+
+
+# ------------------------------------------------------------------------------------------ pipeline schema
+
+CONFIGS_ENV = "MEDVIT_CONFIGS"
+
+
+def config_dirs(pipeline: Path | None = None) -> list[Path]:
+    """Where ``defaults:`` fragments are looked up: ``$MEDVIT_CONFIGS`` entries, ``configs/`` beside the
+    pipeline's folder, ``./configs``, then the repository's ``configs/``."""
+    dirs = [Path(p) for p in os.environ.get(CONFIGS_ENV, "").split(os.pathsep) if p]
+    if pipeline is not None:
+        dirs.append(pipeline.resolve().parent.parent / "configs")
+    dirs += [Path.cwd() / "configs", Path(__file__).resolve().parent.parent / "configs"]
+    seen, out = set(), []
+    for d in dirs:
+        if d not in seen:
+            seen.add(d)
+            out.append(d)
+    return out
+
+
+def find_fragment(name: str, pipeline: Path | None = None) -> Path:
+    """``"trainer/cpu"`` -> ``configs/trainer/cpu.yaml`` (first match in :func:`config_dirs`)."""
+    if ".." in Path(name).parts or Path(name).is_absolute():
+        raise ConfigError(f"{pipeline}: defaults: {name!r} must be a fragment name such as 'trainer/cpu'")
+    rel = name if name.endswith((".yaml", ".yml")) else f"{name}.yaml"
+    for d in config_dirs(pipeline):
+        if (d / rel).is_file():
+            return d / rel
+    where = ", ".join(str(d) for d in config_dirs(pipeline))
+    raise ConfigError(f"{pipeline}: defaults: no config fragment {name!r} (looked in {where})")
+
+
+def compose_pipeline(path: str | Path, overrides: list[str] | None = None, *, env=None) -> tuple[dict, str]:
+    """The merged plain-data pipeline (fragments < pipeline < overrides, environment interpolated) and a
+    description of its sources for error messages."""
+    path = Path(path)
+    data = load_yaml(path)
+    defaults = data.get("defaults", [])
+    override_layer: dict[str, Any] = {}
+    for text in overrides or []:
+        override_layer = deep_merge(override_layer, parse_override(text))
+    defaults = override_layer.get("defaults", defaults)
+    if not isinstance(defaults, list) or not all(isinstance(d, str) for d in defaults):
+        raise ConfigError(f"{path}: defaults: expected a list of fragment names, got {defaults!r}")
+    layers = [(str(f), load_yaml(f)) for f in (find_fragment(d, path) for d in defaults)]
+    layers.append((str(path), data))
+    merged = compose(layers, overrides, env=env)
+    source = str(path) + (" with overrides " + " ".join(overrides) if overrides else "")
+    return merged, source
