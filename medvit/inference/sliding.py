@@ -1,0 +1,154 @@
+"""Sliding-window inference with Gaussian blending, batched windows and memory-bounded stitching.
+
+Windows are laid out as MONAI's ``sliding_window_inference`` lays them out (step ``int(roi * (1 - overlap))``,
+the last window flush with the far edge) and weighted by the same Gaussian (sigma = roi / 8, as nnU-Net,
+Isensee et al., Nature Methods 2021). The weight is the product of one profile per axis, so the sum of the
+weights under every voxel is a product of per-axis sums too: the output is normalised in place, with no
+full-size weight map. Only one float32 volume of outputs ``[K, *S]`` is held, on the stitching device; when
+that device runs out of memory, stitching moves to the CPU (the windows still run on the device).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from medvit.errors import MedvitWarning
+
+WindowFn = Callable[[torch.Tensor], torch.Tensor]
+ProgressFn = Callable[[int, int], None]
+OutOfMemoryError = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+MIN_WEIGHT = 1e-3
+
+
+def window_starts(size: int, roi: int, overlap: float) -> list[int]:
+    """Start indices of the windows along one axis of ``size`` voxels (``size >= roi``), as MONAI places them."""
+    if roi >= size:
+        return [0]
+    step = max(int(roi * (1 - overlap)), 1)
+    count = math.ceil((size - roi) / step) + 1
+    return [min(i * step, size - roi) for i in range(count)]
+
+
+def blend_profile(roi: int, blend: str = "gaussian", sigma_scale: float = 0.125) -> torch.Tensor:
+    """The 1D window weight along an axis of ``roi`` voxels: a Gaussian (sigma ``sigma_scale * roi``, peak 1,
+    at least ``1e-3``) or constant ones."""
+    if blend == "constant":
+        return torch.ones(roi)
+    if blend != "gaussian":
+        raise ValueError(f"blend must be 'gaussian' or 'constant', got {blend!r}")
+    x = torch.arange(roi, dtype=torch.float64) - (roi - 1) / 2.0
+    g = torch.exp(-(x**2) / (2 * (sigma_scale * roi) ** 2))
+    return g.clamp_(min=MIN_WEIGHT).float()
+
+
+def _outer(profiles: Sequence[torch.Tensor]) -> torch.Tensor:
+    out = profiles[0]
+    for p in profiles[1:]:
+        out = out.unsqueeze(-1) * p
+    return out
+
+
+def sliding_window(
+    image: torch.Tensor,
+    fn: WindowFn,
+    *,
+    roi_size: Sequence[int],
+    num_outputs: int,
+    overlap: float = 0.5,
+    batch_size: int = 1,
+    blend: str = "gaussian",
+    device: torch.device | str | None = None,
+    out_device: torch.device | str | None = None,
+    progress: ProgressFn | None = None,
+) -> torch.Tensor:
+    """Run ``fn`` over windows of ``image`` and blend the outputs into one volume.
+
+    Args:
+        image: ``[C, *S]`` (2D or 3D), on any device.
+        fn: ``[B, C, *roi] -> [B, K, *roi]`` (probabilities or logits; cast to float32 when stitched).
+        roi_size: Window size; an image smaller than the window is zero-padded (centred), as MONAI does.
+        num_outputs: ``K``, the channels ``fn`` returns.
+        overlap: Fraction of the window shared by neighbours (0 <= overlap < 1).
+        batch_size: Windows per call of ``fn``.
+        blend: ``gaussian`` or ``constant`` weights.
+        device: Where windows run (default: the image's device).
+        out_device: Where outputs are stitched (default: ``device``).
+        progress: Called with ``(windows done, windows in all)`` after each batch.
+
+    Returns:
+        ``[K, *S]`` float32 on ``out_device``: the weighted mean of the window outputs under each voxel.
+    """
+    spatial = tuple(int(s) for s in image.shape[1:])
+    roi = tuple(int(r) for r in roi_size)
+    if len(roi) != len(spatial):
+        raise ValueError(f"roi_size {roi} does not match a {len(spatial)}D image")
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    device = torch.device(device) if device is not None else image.device
+    out_device = torch.device(out_device) if out_device is not None else device
+
+    pads = [max(r - s, 0) for r, s in zip(roi, spatial, strict=True)]
+    if any(pads):
+        flat = [p for total in reversed(pads) for p in (total // 2, total - total // 2)]
+        image = F.pad(image, flat)
+    padded = tuple(int(s) for s in image.shape[1:])
+    starts = [window_starts(s, r, overlap) for s, r in zip(padded, roi, strict=True)]
+    profiles = [blend_profile(r, blend) for r in roi]
+    weight = _outer(profiles).to(device)
+
+    out = torch.zeros((num_outputs, *padded), dtype=torch.float32, device=out_device)
+    windows = list(itertools.product(*starts))
+    total = len(windows)
+    for first in range(0, total, max(int(batch_size), 1)):
+        chunk = windows[first : first + max(int(batch_size), 1)]
+        slices = [tuple(slice(s, s + r) for s, r in zip(start, roi, strict=True)) for start in chunk]
+        batch = torch.stack([image[(slice(None), *sl)] for sl in slices]).to(device, non_blocking=True)
+        pred = fn(batch)
+        if pred.shape[1] != num_outputs or tuple(pred.shape[2:]) != roi:
+            raise ValueError(f"window function returned {tuple(pred.shape)}, expected (B, {num_outputs}, *{roi})")
+        pred = (pred.float() * weight).to(out_device)
+        for i, sl in enumerate(slices):
+            out[(slice(None), *sl)] += pred[i]
+        del batch, pred
+        if progress is not None:
+            progress(min(first + len(chunk), total), total)
+
+    # divide by the summed weights, axis by axis (the weight is a product of per-axis profiles)
+    for axis, (size, r, axis_starts, prof) in enumerate(zip(padded, roi, starts, profiles, strict=True)):
+        norm = torch.zeros(size, dtype=torch.float32)
+        for s in axis_starts:
+            norm[s : s + r] += prof
+        shape = [1] * (len(padded) + 1)
+        shape[axis + 1] = size
+        out.div_(norm.to(out_device).view(shape))
+    if any(pads):
+        crop = tuple(slice(p // 2, p // 2 + s) for p, s in zip(pads, spatial, strict=True))
+        out = out[(slice(None), *crop)].contiguous()
+    return out
+
+
+def sliding_window_with_fallback(image: torch.Tensor, fn: WindowFn, **kwargs) -> torch.Tensor:
+    """:func:`sliding_window`, stitching on the CPU instead when the stitching device runs out of memory.
+
+    Says so with one :class:`~medvit.errors.MedvitWarning`. Errors on the CPU are not retried.
+    """
+    out_device = torch.device(kwargs.pop("out_device", None) or kwargs.get("device") or image.device)
+    try:
+        return sliding_window(image, fn, out_device=out_device, **kwargs)
+    except OutOfMemoryError:
+        if out_device.type == "cpu":
+            raise
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    warnings.warn(
+        f"out of memory stitching windows on {out_device}: stitching on the CPU instead (slower)",
+        MedvitWarning,
+        stacklevel=2,
+    )
+    return sliding_window(image, fn, out_device=torch.device("cpu"), **kwargs)
