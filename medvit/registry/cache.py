@@ -1,0 +1,165 @@
+"""Resolve ``models:/NAME@ALIAS`` and ``models:/NAME/VERSION`` to a local package, downloaded once per version.
+
+Cache layout: ``$MEDVIT_CACHE/models/<registry>/<name>/<version>/`` (``MEDVIT_CACHE`` default
+``~/.cache/medvit``), where ``<registry>`` is a short hash of the tracking URI so that two servers holding
+the same model name do not collide. An entry is the package folder (``medvit.yaml``,
+``model.safetensors``) plus ``registry.json`` (where it came from). It is downloaded into a temporary folder
+beside it, checked with :func:`medvit.load_package` (and the version's ``package_sha256`` tag), then renamed
+into place: an error never leaves a partial entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medvit.errors import InputError
+from medvit.registry.session import (
+    as_input_error,
+    display_uri,
+    is_not_found,
+    mlflow_session,
+    registry_errors,
+    resolve_tracking_uri,
+)
+from medvit.registry.tags import MARKER
+from medvit.registry.uri import ModelRef, parse_model_uri
+
+RECORD = "registry.json"
+
+
+def cache_root() -> Path:
+    """``$MEDVIT_CACHE/models`` (``MEDVIT_CACHE`` default ``~/.cache/medvit``)."""
+    return Path(os.environ.get("MEDVIT_CACHE", Path.home() / ".cache" / "medvit")) / "models"
+
+
+def cache_entry(tracking_uri: str, name: str, version: str | int) -> Path:
+    """The cache folder of one registered model version in one registry."""
+    registry = hashlib.sha256(tracking_uri.encode()).hexdigest()[:12]
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)
+    if safe != name:
+        safe = f"{safe}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    return cache_root() / registry / safe / str(version)
+
+
+def resolve_model_uri(uri: str, *, tracking_uri: str | None = None) -> tuple[Path, dict[str, Any]]:
+    """The local package folder of a registry URI, downloaded into the cache on first use.
+
+    Args:
+        uri: ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or ``models:/NAME/latest``.
+        tracking_uri: Tracking (registry) URI; default :func:`~medvit.registry.default_tracking_uri`.
+
+    Returns:
+        The package folder and ``name``, ``version``, ``uri`` (as given), ``resolved_uri``
+        (``models:/NAME/VERSION``), ``alias``, ``run_id``, ``model_id``, ``source``, ``tracking_uri``,
+        ``package_sha256`` and ``cached`` (whether it was already in the cache).
+
+    Raises:
+        InputError: Malformed URI, unknown model, version or alias, not a medvit model, unreachable server,
+            a download that fails or is not a valid package (one line naming the URI).
+    """
+    ref = parse_model_uri(uri)
+    turi = resolve_tracking_uri(tracking_uri)
+    with mlflow_session(turi) as client:
+        try:
+            mv = _lookup(client, ref, uri, turi)
+            entry = cache_entry(turi, ref.name, mv.version)
+            cached = _valid_entry(entry, mv.source)
+            if not cached:
+                _download(client, mv, entry, uri)
+        except InputError:
+            raise
+        except registry_errors() as exc:
+            raise as_input_error(exc, subject=uri, tracking_uri=turi) from None
+    record = json.loads((entry / RECORD).read_text())
+    return entry, {**record, "uri": uri, "alias": ref.alias, "cached": cached}
+
+
+def _lookup(client, ref: ModelRef, uri: str, turi: str):
+    """The model version ``ref`` names; unknown model, alias or version become one-line errors."""
+    try:
+        rm = client.get_registered_model(ref.name)
+    except registry_errors() as exc:
+        if is_not_found(exc):
+            raise InputError(f"{uri}: no registered model {ref.name!r} in {display_uri(turi)}") from None
+        raise
+    version = ref.version
+    if ref.alias is not None:
+        aliases = rm.aliases or {}
+        if ref.alias not in aliases:
+            known = ", ".join(sorted(aliases)) or "none"
+            raise InputError(f"{uri}: model {ref.name!r} has no alias {ref.alias!r} (aliases: {known})")
+        version = str(aliases[ref.alias])
+    elif version == "latest":
+        versions = [int(v.version) for v in rm.latest_versions or []]
+        if not versions:
+            raise InputError(f"{uri}: model {ref.name!r} has no versions")
+        version = str(max(versions))
+    try:
+        return client.get_model_version(ref.name, version)
+    except registry_errors() as exc:
+        if is_not_found(exc):
+            raise InputError(f"{uri}: model {ref.name!r} has no version {version}") from None
+        raise
+
+
+def _model_id(source: str) -> str | None:
+    """``m-...`` of a ``models:/m-...`` source (MLflow 3 logged models), else ``None``."""
+    rest = source[len("models:/") :] if source.startswith("models:/") else ""
+    return rest if rest.startswith("m-") and "/" not in rest else None
+
+
+def _valid_entry(entry: Path, source: str) -> bool:
+    """Whether ``entry`` is a complete download of the version whose MLflow Model is at ``source``."""
+    try:
+        record = json.loads((entry / RECORD).read_text())
+    except (OSError, ValueError):
+        return False
+    return record.get("source") == source and (entry / "medvit.yaml").is_file()
+
+
+def _download(client, mv, entry: Path, uri: str) -> None:
+    """Download version ``mv``'s package into ``entry`` atomically (temp folder beside it, then rename)."""
+    from mlflow.artifacts import download_artifacts
+
+    from medvit.package import load_package
+    from medvit.registry.flavor import FLAVOR_NAME
+
+    root = client.get_model_version_download_uri(mv.name, mv.version).rstrip("/")
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+    try:
+        mlmodel = Path(download_artifacts(artifact_uri=f"{root}/MLmodel", dst_path=str(tmp / "meta")))
+        flavors = (yaml.safe_load(mlmodel.read_text()) or {}).get("flavors") or {}
+        if FLAVOR_NAME not in flavors and (mv.tags or {}).get(MARKER) != "1":
+            raise InputError(f"{uri}: not a medvit model (version {mv.version} has no '{FLAVOR_NAME}' flavour)")
+        sub = (flavors.get(FLAVOR_NAME) or {}).get("package", "package")
+        got = Path(download_artifacts(artifact_uri=f"{root}/{sub}", dst_path=str(tmp / "dl")))
+        pkg = load_package(got)
+        expected = (mv.tags or {}).get("package_sha256")
+        if expected and expected != pkg.sha256:
+            raise InputError(f"{uri}: downloaded package does not match the version's package_sha256 tag")
+        record = {
+            "name": mv.name,
+            "version": str(mv.version),
+            "resolved_uri": f"models:/{mv.name}/{mv.version}",
+            "run_id": mv.run_id or None,
+            "model_id": getattr(mv, "model_id", None) or _model_id(mv.source),
+            "source": mv.source,
+            "tracking_uri": display_uri(client.tracking_uri),
+            "package_sha256": pkg.sha256,
+        }
+        (got / RECORD).write_text(json.dumps(record, indent=2))
+        if entry.exists():  # stale (the version was re-created): replace it
+            shutil.rmtree(entry)
+        os.replace(got, entry)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

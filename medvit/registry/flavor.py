@@ -1,0 +1,176 @@
+"""The ``medvit`` MLflow flavour: a model package as an MLflow Model that ``mlflow.pyfunc`` can load and serve.
+
+An MLflow Model written here is a folder::
+
+    MLmodel                 flavours ``medvit`` (package folder, task, format) and ``python_function``
+    package/                the medvit model package (medvit.yaml + model.safetensors), unchanged
+    input_example.json      one small image (and its spacing), serving_input_example.json
+    requirements.txt, conda.yaml, python_env.yaml
+
+``mlflow.pyfunc.load_model(uri)`` imports this module (``loader_module``) and calls :func:`_load_pyfunc`,
+which loads the package into a :class:`medvit.Predictor`; nothing is pickled. ``predict`` takes a batch of
+channel-first images ``(N, C, *spatial)`` (float32) and the ``spacing`` parameter (mm per spatial axis,
+default 1) and returns what :meth:`medvit.Predictor.predict` returns for each image: the label mask on the
+input grid (segmentation, cells) or the class probabilities (classification).
+"""
+
+from __future__ import annotations
+
+import shutil
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medvit.errors import InputError
+
+FLAVOR_NAME = "medvit"
+PACKAGE_DIR = "package"
+EXAMPLE_SIZE = {2: 32, 3: 16}
+PREDICTOR_OPTIONS = ("device", "precision", "overlap", "batch_size", "tta")
+_REQUIREMENTS = ("torch", "monai", "safetensors", "pydantic", "PyYAML", "numpy", "nibabel", "mlflow")
+
+
+def signature(spec) -> Any:
+    """The model signature of a package spec: a float32 ``(-1, C, *spatial)`` image tensor and a ``spacing``
+    parameter in; the mask ``(-1, *spatial)`` (int64) or class probabilities ``(-1, K)`` (float32) out."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
+
+    dims = spec.spatial_dims
+    image = TensorSpec(np.dtype(np.float32), (-1, spec.preprocessing.in_channels, *([-1] * dims)))
+    if spec.task == "classification":
+        out = TensorSpec(np.dtype(np.float32), (-1, len(spec.labels)))
+    else:
+        out = TensorSpec(np.dtype(np.int64), (-1, *([-1] * dims)))
+    spacing = ParamSpec("spacing", "double", [1.0] * dims, shape=(-1,))
+    return ModelSignature(inputs=Schema([image]), outputs=Schema([out]), params=ParamSchema([spacing]))
+
+
+def input_example(spec) -> tuple[np.ndarray, dict[str, Any]]:
+    """A small seeded image batch of one (photograph-like values for 0..255 inputs, HU-like otherwise)."""
+    dims, prep = spec.spatial_dims, spec.preprocessing
+    size = [EXAMPLE_SIZE[dims]] * dims
+    if dims == 2 and prep.resize is None:
+        size = list(spec.inference.roi_size or spec.model.backbone.img_size or size)
+    rng = np.random.default_rng(0)
+    low, high = (0, 255) if prep.intensity.kind == "scale" else (-100, 200)
+    image = rng.uniform(low, high, size=(1, prep.in_channels, *size)).round().astype(np.float32)
+    return image, {"spacing": [1.0] * dims}
+
+
+def pip_requirements() -> list[str]:
+    """What a serving environment needs: medvit itself (pinned) and its main dependencies (pinned as here)."""
+    import medvit
+
+    reqs = [f"medvit=={medvit.__version__}"]
+    for name in _REQUIREMENTS:
+        try:
+            reqs.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            reqs.append(name)
+    return reqs
+
+
+def save_model(path: str | Path, *, package: str | Path, mlflow_model=None, **_: Any) -> None:
+    """Write the package at ``package`` as an MLflow Model at ``path`` (``mlflow.models.Model.log`` calls this).
+
+    Args:
+        path: New folder for the MLflow Model.
+        package: Model package folder (validated with :func:`medvit.load_package`).
+        mlflow_model: The ``Model`` being logged (its run and model ids); a new one when ``None``.
+    """
+    import yaml
+    from mlflow import pyfunc
+    from mlflow.models import Model
+    from mlflow.models.utils import _save_example
+    from mlflow.utils.environment import _process_pip_requirements, _PythonEnv
+
+    from medvit.package import SPEC_FILE, WEIGHTS_FILE, load_package
+
+    pkg = load_package(package)
+    if pkg.state_dict is not None:
+        raise InputError(f"{package}: a checkpoint, not a package folder (write a package first)")
+    path = Path(path)
+    path.mkdir(parents=True)
+    (path / PACKAGE_DIR).mkdir()
+    for name in (SPEC_FILE, WEIGHTS_FILE):
+        shutil.copy2(pkg.path / name, path / PACKAGE_DIR / name)
+    mlflow_model = mlflow_model if mlflow_model is not None else Model()
+    mlflow_model.signature = signature(pkg.spec)
+    _save_example(mlflow_model, input_example(pkg.spec), str(path))
+    mlflow_model.add_flavor(
+        FLAVOR_NAME,
+        package=PACKAGE_DIR,
+        task=pkg.spec.task,
+        spatial_dims=pkg.spec.spatial_dims,
+        format_version=pkg.spec.format_version,
+        package_sha256=pkg.sha256,
+        medvit_version=_medvit_version(),
+    )
+    pyfunc.add_to_model(
+        mlflow_model,
+        loader_module=__name__,
+        data=PACKAGE_DIR,
+        conda_env="conda.yaml",
+        python_env="python_env.yaml",
+    )
+    mlflow_model.save(str(path / "MLmodel"))
+    conda_env, reqs, _ = _process_pip_requirements(None, pip_requirements(), None)
+    (path / "conda.yaml").write_text(yaml.safe_dump(conda_env, default_flow_style=False))
+    (path / "requirements.txt").write_text("\n".join(reqs) + "\n")
+    _PythonEnv.current().to_yaml(str(path / "python_env.yaml"))
+
+
+def _medvit_version() -> str:
+    import medvit
+
+    return medvit.__version__
+
+
+class MedvitPyfunc:
+    """What ``mlflow.pyfunc`` wraps: a :class:`medvit.Predictor` over the package, batch in, batch out.
+
+    Args:
+        package: The loaded :class:`~medvit.package.ModelPackage`.
+        options: :class:`medvit.Predictor` options (``device``, ``precision``, ``overlap``, ``batch_size``,
+            ``tta``), e.g. from ``mlflow.pyfunc.load_model(uri, model_config={...})``.
+    """
+
+    def __init__(self, package, **options: Any) -> None:
+        from medvit.inference import Predictor
+
+        unknown = sorted(set(options) - set(PREDICTOR_OPTIONS))
+        if unknown:
+            allowed = ", ".join(PREDICTOR_OPTIONS)
+            raise InputError(f"{package.path}: unknown model_config key(s) {unknown} (allowed: {allowed})")
+        self.package = package
+        self.predictor = Predictor(package, **options)
+
+    def predict(self, data: Any, params: dict[str, Any] | None = None) -> np.ndarray:
+        """Predict every image of the batch ``data`` ``(N, C, *spatial)``; ``params["spacing"]`` in mm."""
+        spec = self.package.spec
+        batch = np.asarray(data, dtype=np.float32)
+        dims = spec.spatial_dims
+        if batch.ndim != dims + 2:
+            raise InputError(f"expected images of shape (N, C, {', '.join('?' * dims)}), got {batch.shape}")
+        spacing = [float(s) for s in (params or {}).get("spacing") or [1.0] * dims]
+        if len(spacing) != dims or min(spacing) <= 0:
+            raise InputError(f"spacing must be {dims} positive numbers, got {spacing}")
+        affine = np.diag([*spacing, 1.0])
+        outputs = [self._one(image, affine) for image in batch]
+        return np.stack(outputs) if outputs else np.zeros((0,), np.float32)
+
+    def _one(self, image: np.ndarray, affine: np.ndarray) -> np.ndarray:
+        result = self.predictor.predict(image, affine=affine)
+        if self.package.spec.task == "classification":
+            return np.asarray(result.class_probabilities, dtype=np.float32)
+        return np.asarray(result.mask).astype(np.int64)
+
+
+def _load_pyfunc(data_path: str, model_config: dict[str, Any] | None = None) -> MedvitPyfunc:
+    """``mlflow.pyfunc`` entry point: the package under the MLflow Model's ``data`` path as a pyfunc model."""
+    from medvit.package import load_package
+
+    return MedvitPyfunc(load_package(data_path), **(model_config or {}))

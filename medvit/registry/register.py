@@ -1,0 +1,286 @@
+"""Register model packages as MLflow model versions; set aliases; list and show registered models."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from medvit.errors import InputError
+from medvit.registry.session import (
+    as_input_error,
+    display_uri,
+    is_not_found,
+    mlflow_session,
+    registry_errors,
+    resolve_tracking_uri,
+)
+from medvit.registry.tags import MARKER, package_tags, user_tags
+from medvit.registry.uri import check_alias, check_model_name, sqlite_path
+
+EXPERIMENT = "medvit-registry"
+MODEL_NAME = "model"
+
+
+def register_package(
+    source: str | os.PathLike,
+    *,
+    name: str,
+    alias: str | None = None,
+    tracking_uri: str | None = None,
+    run_id: str | None = None,
+    tags: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Log a model package as an MLflow Model (``medvit`` + ``python_function`` flavours) and register it.
+
+    The MLflow Model is logged to ``run_id`` when given (the pipeline run that trained the package), else to
+    the run named in the package's provenance when this tracking store has it, else to a new run in the
+    ``medvit-registry`` experiment. The new version carries the tags of
+    :func:`~medvit.registry.tags.package_tags` (backbone, adapter, head, task, data card, metrics, ...).
+
+    Args:
+        source: Package folder, its ``medvit.yaml``, a run folder holding ``package/`` or a run's ``.ckpt``.
+        name: Registered model name (created when new).
+        alias: Alias to point at the new version (``champion``), moved there if it exists.
+        tracking_uri: Tracking and registry URI; default :func:`~medvit.registry.default_tracking_uri`.
+        run_id: MLflow run to log the model to.
+        tags: Extra version tags (keys under ``medvit.`` are reserved).
+
+    Returns:
+        ``name``, ``version``, ``uri`` (``models:/NAME/VERSION``), ``alias``, ``run_id``, ``model_id``,
+        ``source``, ``tracking_uri`` and ``tags``.
+
+    Raises:
+        InputError: Bad package, name, alias or tag; unknown run; unreachable server (one line).
+    """
+    from medvit.package import load_package
+
+    check_model_name(name)
+    if alias is not None:
+        check_alias(alias)
+    extra = user_tags(tags)
+    pkg = load_package(source)
+    uri = resolve_tracking_uri(tracking_uri)
+    with tempfile.TemporaryDirectory(prefix="medvit-register-") as tmp:
+        folder = _package_folder(pkg, Path(tmp))
+        with mlflow_session(uri, create=True) as client:
+            try:
+                return _register(client, pkg, folder, name=name, alias=alias, run_id=run_id, extra=extra, uri=uri)
+            except InputError:
+                raise
+            except registry_errors() as exc:
+                raise as_input_error(exc, subject=f"models:/{name}", tracking_uri=uri) from None
+
+
+def _register(client, pkg, folder: Path, *, name, alias, run_id, extra, uri) -> dict[str, Any]:
+    run_id, exp_id, run_metrics = _pick_run(client, run_id, pkg, name=name, uri=uri)
+    version_tags = {**package_tags(pkg, run_metrics=run_metrics), **extra}
+    model_id = _log_model(client, folder, run_id=run_id, exp_id=exp_id, tags=version_tags)
+    try:
+        client.create_registered_model(name, tags={MARKER: "1", "task": pkg.spec.task})
+    except registry_errors() as exc:
+        if getattr(exc, "error_code", None) not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+    mv = client.create_model_version(
+        name, source=f"models:/{model_id}", run_id=run_id, tags=version_tags, model_id=model_id
+    )
+    if alias is not None:
+        client.set_registered_model_alias(name, alias, mv.version)
+    return {
+        "name": name,
+        "version": str(mv.version),
+        "uri": f"models:/{name}/{mv.version}",
+        "alias": alias,
+        "run_id": run_id,
+        "model_id": model_id,
+        "source": mv.source,
+        "tracking_uri": display_uri(uri),
+        "tags": version_tags,
+    }
+
+
+def _log_model(client, folder: Path, *, run_id: str, exp_id: str, tags: dict[str, str]) -> str:
+    """Log the package as an MLflow (logged) Model of ``run_id``; returns its model id."""
+    from mlflow.entities import LoggedModelOutput
+    from mlflow.models import Model
+
+    from medvit.registry import flavor
+
+    logged = client.create_logged_model(
+        experiment_id=exp_id, name=MODEL_NAME, source_run_id=run_id, tags=tags, model_type=flavor.FLAVOR_NAME
+    )
+    try:
+        with tempfile.TemporaryDirectory(prefix="medvit-mlmodel-") as tmp:
+            meta = Model(
+                artifact_path=logged.artifact_location,
+                model_uuid=logged.model_id,
+                run_id=run_id,
+                model_id=logged.model_id,
+            )
+            flavor.save_model(Path(tmp) / "model", package=folder, mlflow_model=meta)
+            client.log_model_artifacts(logged.model_id, str(Path(tmp) / "model"))
+    except BaseException:
+        client.finalize_logged_model(logged.model_id, "FAILED")
+        raise
+    client.finalize_logged_model(logged.model_id, "READY")
+    client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
+    return logged.model_id
+
+
+def _package_folder(pkg, tmp: Path) -> Path:
+    """The package's folder, or (for a checkpoint) a package written from the run's spec and its weights."""
+    if pkg.state_dict is None:
+        return pkg.path
+    from medvit.package import save_package
+
+    return save_package(pkg.build(), pkg.spec, tmp / "package")
+
+
+def _pick_run(client, run_id: str | None, pkg, *, name: str, uri: str) -> tuple[str, str, dict[str, float]]:
+    """The run to log to, its experiment and metrics: ``run_id``, else the package's own run if this store
+    has it, else a new run in the ``medvit-registry`` experiment."""
+    if run_id is not None:
+        try:
+            run = client.get_run(run_id)
+        except registry_errors() as exc:
+            if is_not_found(exc):
+                raise InputError(f"run {run_id!r}: no such MLflow run in {display_uri(uri)}") from None
+            raise
+        return run_id, run.info.experiment_id, dict(run.data.metrics)
+    own = pkg.spec.provenance.get("run_id")
+    if isinstance(own, str) and own:
+        try:
+            run = client.get_run(own)
+            return own, run.info.experiment_id, dict(run.data.metrics)
+        except registry_errors() as exc:
+            if not is_not_found(exc):
+                raise
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    if experiment is not None:
+        exp_id = experiment.experiment_id
+    else:  # artifacts beside a sqlite database (not in whatever folder register ran from)
+        db = sqlite_path(uri)
+        location = (db.resolve().parent / "mlruns" / EXPERIMENT).as_uri() if db is not None else None
+        exp_id = client.create_experiment(EXPERIMENT, artifact_location=location)
+    run = client.create_run(exp_id, run_name=f"register-{name}", tags={MARKER: "1"})
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id, exp_id, {}
+
+
+def set_alias(name: str, alias: str, version: str | int, *, tracking_uri: str | None = None) -> dict[str, Any]:
+    """Point ``alias`` of registered model ``name`` at ``version`` (moving it if set elsewhere).
+
+    Returns:
+        ``name``, ``alias``, ``version``, ``previous`` (the version it pointed at, or ``None``), ``uri``.
+
+    Raises:
+        InputError: Unknown model or version, bad alias, unreachable server.
+    """
+    check_model_name(name)
+    check_alias(alias)
+    version = str(version)
+    if not version.isdigit():
+        raise InputError(f"models:/{name}: version must be a number, got {version!r}")
+    uri = resolve_tracking_uri(tracking_uri)
+    with mlflow_session(uri) as client:
+        try:
+            _existing_model(client, name, uri)
+            try:
+                client.get_model_version(name, version)
+            except registry_errors() as exc:
+                if is_not_found(exc):
+                    raise InputError(f"models:/{name}/{version}: no such version of {name!r}") from None
+                raise
+            previous = client.get_registered_model(name).aliases.get(alias)
+            client.set_registered_model_alias(name, alias, version)
+        except InputError:
+            raise
+        except registry_errors() as exc:
+            raise as_input_error(exc, subject=f"models:/{name}@{alias}", tracking_uri=uri) from None
+    return {
+        "name": name,
+        "alias": alias,
+        "version": version,
+        "previous": None if previous is None else str(previous),
+        "uri": f"models:/{name}@{alias}",
+    }
+
+
+def _existing_model(client, name: str, uri: str):
+    try:
+        return client.get_registered_model(name)
+    except registry_errors() as exc:
+        if is_not_found(exc):
+            raise InputError(f"models:/{name}: no registered model {name!r} in {display_uri(uri)}") from None
+        raise
+
+
+def list_models(*, tracking_uri: str | None = None) -> list[dict[str, Any]]:
+    """Registered models: ``name``, ``latest_version``, ``aliases`` ({alias: version}), ``task``, ``medvit``."""
+    uri = resolve_tracking_uri(tracking_uri)
+    with mlflow_session(uri) as client:
+        try:
+            models = _all(client.search_registered_models)
+            rows = []
+            for rm in sorted(models, key=lambda m: m.name):
+                versions = [int(v.version) for v in rm.latest_versions or []]
+                rows.append(
+                    {
+                        "name": rm.name,
+                        "latest_version": str(max(versions)) if versions else None,
+                        "aliases": {a: str(v) for a, v in sorted((rm.aliases or {}).items())},
+                        "task": (rm.tags or {}).get("task"),
+                        "medvit": (rm.tags or {}).get(MARKER) == "1",
+                    }
+                )
+        except registry_errors() as exc:
+            raise as_input_error(exc, subject="models", tracking_uri=uri) from None
+    return rows
+
+
+def show_model(name: str, *, tracking_uri: str | None = None) -> dict[str, Any]:
+    """A registered model: ``name``, ``aliases``, ``tags`` and its ``versions`` (newest first) with their tags.
+
+    Raises:
+        InputError: Unknown model, unreachable server.
+    """
+    check_model_name(name)
+    uri = resolve_tracking_uri(tracking_uri)
+    with mlflow_session(uri) as client:
+        try:
+            rm = _existing_model(client, name, uri)
+            escaped = name.replace("'", "\\'")
+            versions = _all(client.search_model_versions, filter_string=f"name = '{escaped}'")
+        except InputError:
+            raise
+        except registry_errors() as exc:
+            raise as_input_error(exc, subject=f"models:/{name}", tracking_uri=uri) from None
+    aliases = {a: str(v) for a, v in sorted((rm.aliases or {}).items())}
+    by_version: dict[str, list[str]] = {}
+    for a, v in aliases.items():
+        by_version.setdefault(v, []).append(a)
+    rows = [
+        {
+            "version": str(mv.version),
+            "created": mv.creation_timestamp,
+            "status": mv.status,
+            "run_id": mv.run_id,
+            "source": mv.source,
+            "aliases": by_version.get(str(mv.version), []),
+            "tags": dict(sorted((mv.tags or {}).items())),
+        }
+        for mv in sorted(versions, key=lambda m: -int(m.version))
+    ]
+    return {"name": rm.name, "aliases": aliases, "tags": dict(rm.tags or {}), "versions": rows}
+
+
+def _all(search, **kwargs) -> list[Any]:
+    """Every page of an MLflow ``search_*`` call."""
+    out, token = [], None
+    while True:
+        page = search(max_results=200, page_token=token, **kwargs)
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out
