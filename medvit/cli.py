@@ -318,6 +318,216 @@ def run(
     typer.echo(f"predict with:   medvit predict -m {result.package} -i INPUT -o OUTDIR")
 
 
+# -- model registry (issue #7): register | models list/show/alias ---------------------------------------------
+TrackingUriOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tracking-uri",
+        help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db here).",
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+
+
+def _parse_tags(items: list[str] | None) -> dict[str, str]:
+    tags = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            from medvit.errors import InputError
+
+            raise InputError(f"--tag {item!r}: expected KEY=VALUE")
+        tags[key.strip()] = value
+    return tags
+
+
+@app.command()
+@handle_errors
+def register(
+    source: Annotated[str, typer.Argument(help="Model package folder, run folder (with package/) or run .ckpt.")],
+    name: Annotated[str, typer.Option("--name", help="Registered model name (created when new).")],
+    alias: Annotated[str | None, typer.Option("--alias", help="Point this alias (e.g. champion) here.")] = None,
+    tracking_uri: TrackingUriOpt = None,
+    run_id: Annotated[
+        str | None, typer.Option("--run-id", help="MLflow run to log the model to (default: the package's run).")
+    ] = None,
+    tag: Annotated[
+        list[str] | None, typer.Option("--tag", help="Extra version tag KEY=VALUE (repeatable).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Log a model package to MLflow and register it as a new version of NAME (with tags, optional alias)."""
+    from medvit.registry import register_package
+
+    info = register_package(
+        source, name=name, alias=alias, tracking_uri=tracking_uri, run_id=run_id, tags=_parse_tags(tag)
+    )
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    typer.echo(f"registered {info['name']} version {info['version']}: {info['uri']}")
+    if info["alias"]:
+        typer.echo(f"alias {info['alias']} -> version {info['version']}: models:/{info['name']}@{info['alias']}")
+    typer.echo(f"MLflow run {info['run_id']} ({info['tracking_uri']})")
+
+
+models_app = typer.Typer(help="Registered models: list, show, and move aliases.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+@handle_errors
+def models_list(tracking_uri: TrackingUriOpt = None, as_json: JsonOpt = False) -> None:
+    """List registered models: name, latest version, aliases, task."""
+    from medvit.registry import list_models
+
+    rows = list_models(tracking_uri=tracking_uri)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        typer.echo("no registered models")
+        return
+    width = max(12, *(len(r["name"]) for r in rows))
+    typer.echo(f"{'name':<{width}} {'latest':<6} {'task':<14} aliases")
+    for r in rows:
+        aliases = ", ".join(f"{a}->{v}" for a, v in r["aliases"].items()) or "-"
+        task = r["task"] or ("?" if r["medvit"] else "(not medvit)")
+        typer.echo(f"{r['name']:<{width}} {r['latest_version'] or '-':<6} {task:<14} {aliases}")
+
+
+@models_app.command("show")
+@handle_errors
+def models_show(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    tracking_uri: TrackingUriOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show a registered model: aliases and every version with its tags (newest first)."""
+    import datetime
+
+    from medvit.registry import show_model
+
+    info = show_model(name, tracking_uri=tracking_uri)
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    aliases = ", ".join(f"{a}->{v}" for a, v in info["aliases"].items()) or "none"
+    typer.echo(f"{info['name']}: {len(info['versions'])} version(s); aliases: {aliases}")
+    for v in info["versions"]:
+        when = datetime.datetime.fromtimestamp(v["created"] / 1000).strftime("%Y-%m-%d %H:%M")
+        marks = f" [{', '.join(v['aliases'])}]" if v["aliases"] else ""
+        typer.echo(f"version {v['version']}{marks}  {when}  {v['status']}  run {v['run_id'] or '-'}")
+        for key, value in v["tags"].items():
+            typer.echo(f"    {key}: {value}")
+
+
+@models_app.command("alias")
+@handle_errors
+def models_alias(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    alias: Annotated[str, typer.Argument(help="Alias, e.g. champion.")],
+    version: Annotated[str, typer.Argument(help="Version number the alias should point at.")],
+    tracking_uri: TrackingUriOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Point ALIAS of model NAME at VERSION (moving it from the version it pointed at)."""
+    from medvit.registry import set_alias
+
+    info = set_alias(name, alias, version, tracking_uri=tracking_uri)
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    moved = f" (was version {info['previous']})" if info["previous"] not in (None, info["version"]) else ""
+    typer.echo(f"{info['uri']} -> version {info['version']}{moved}")
+
+
+@app.command()
+@handle_errors
+def predict(
+    input_path: Annotated[
+        Path, typer.Option("-i", "--input", help="NIfTI file, DICOM file/folder/zip, 2D image, or a folder of these.")
+    ],
+    outdir: Annotated[Path, typer.Option("-o", "--output", help="Output folder (created).")],
+    model: Annotated[
+        str, typer.Option("-m", "--model", help="Model package folder, run folder, or models:/NAME@ALIAS.")
+    ],
+    device: Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
+    overlap: Annotated[
+        float | None, typer.Option("--overlap", help="Sliding-window overlap [default: the package's, 0.5].")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="Windows per forward pass [default: the package's].")
+    ] = None,
+    tta: Annotated[bool, typer.Option("--tta/--no-tta", help="Flip-mirroring TTA over the package's axes.")] = False,
+    output_type: Annotated[
+        str | None,
+        typer.Option(
+            "--output-type",
+            help="Comma-separated nifti,dicom-seg,png,json [default: nifti (3D), png (2D), json (classification)]; "
+            "a <case>.json with labels and volumes is always written.",
+        ),
+    ] = None,
+    save_probabilities: Annotated[
+        bool, typer.Option("--save-probabilities", help="Also write probabilities on the input grid.")
+    ] = False,
+    skip_existing: Annotated[
+        bool, typer.Option("--skip-existing", help="Skip cases whose outputs all exist.")
+    ] = False,
+    series: SeriesOpt = None,
+    spacing: SpacingOpt = None,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
+    precision: Annotated[
+        str, typer.Option("--precision", help="auto (bf16 where the device does it natively), 32 or bf16.")
+    ] = "auto",
+) -> None:
+    """Segment or classify images with a model package; masks land on each input's own grid.
+
+    Writes OUTDIR/<case>.nii.gz (3D), <case>.png (2D), <case>_seg.dcm (DICOM-SEG), <case>.json (labels,
+    volumes or class probabilities) and OUTDIR/manifest.json. Exit code 2 on bad input or options (nothing
+    written); for a folder, failing cases are reported and skipped, and the exit code is 1.
+    """
+    from medvit.errors import ConfigError
+    from medvit.inference import Predictor
+    from medvit.inference.run import run_predict
+
+    if not input_path.exists():
+        from medvit.errors import InputError
+
+        raise InputError(f"{input_path}: no such file or directory")
+    if outdir.exists() and not outdir.is_dir():
+        raise ConfigError(f"-o {outdir}: exists and is not a folder")
+    spacing_mm = _parse_spacing(spacing)
+    predictor = Predictor(
+        model,
+        device=device,
+        precision=precision,
+        overlap=overlap,
+        batch_size=batch_size,
+        tta=tta,
+        progress=not no_progress,
+    )
+    if predictor.device_note:
+        typer.echo(predictor.device_note, err=True)
+    result = run_predict(
+        predictor,
+        input_path,
+        outdir,
+        output_type=output_type,
+        save_probabilities=save_probabilities,
+        skip_existing=skip_existing,
+        series=series,
+        spacing=spacing_mm,
+        echo=typer.echo,
+        echo_error=lambda line: typer.echo(line, err=True),
+    )
+    s = result.manifest["summary"]
+    typer.echo(f"manifest: {result.manifest_path} ({s['ok']} ok, {s['skipped']} skipped, {s['failed']} failed)")
+    if result.failed:
+        typer.echo(f"error: {len(result.failed)} case(s) failed: {', '.join(result.failed)}", err=True)
+        raise typer.Exit(1)
+
+
 def main() -> None:
     """Console entry point."""
     app()

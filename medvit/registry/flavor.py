@@ -34,7 +34,7 @@ _REQUIREMENTS = ("torch", "monai", "safetensors", "pydantic", "PyYAML", "numpy",
 
 def signature(spec) -> Any:
     """The model signature of a package spec: a float32 ``(-1, C, *spatial)`` image tensor and a ``spacing``
-    parameter in; the mask ``(-1, *spatial)`` (int64) or class probabilities ``(-1, K)`` (float32) out."""
+    parameter in; the label mask ``(-1, *spatial)`` or class probabilities ``(-1, K)`` (float32) out."""
     from mlflow.models import ModelSignature
     from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
 
@@ -43,9 +43,14 @@ def signature(spec) -> Any:
     if spec.task == "classification":
         out = TensorSpec(np.dtype(np.float32), (-1, len(spec.labels)))
     else:
-        out = TensorSpec(np.dtype(np.int64), (-1, *([-1] * dims)))
+        out = TensorSpec(mask_dtype(spec), (-1, *([-1] * dims)))
     spacing = ParamSpec("spacing", "double", [1.0] * dims, shape=(-1,))
     return ModelSignature(inputs=Schema([image]), outputs=Schema([out]), params=ParamSchema([spacing]))
+
+
+def mask_dtype(spec) -> np.dtype:
+    """The dtype of :attr:`medvit.inference.Prediction.mask` for this package (uint8, uint16 above 255)."""
+    return np.dtype(np.uint8 if max(spec.labels) <= 255 else np.uint16)
 
 
 def input_example(spec) -> tuple[np.ndarray, dict[str, Any]]:
@@ -153,20 +158,16 @@ class MedvitPyfunc:
         spec = self.package.spec
         batch = np.asarray(data, dtype=np.float32)
         dims = spec.spatial_dims
-        if batch.ndim != dims + 2:
+        if batch.ndim != dims + 2 or batch.shape[0] == 0:
             raise InputError(f"expected images of shape (N, C, {', '.join('?' * dims)}), got {batch.shape}")
         spacing = [float(s) for s in (params or {}).get("spacing") or [1.0] * dims]
         if len(spacing) != dims or min(spacing) <= 0:
             raise InputError(f"spacing must be {dims} positive numbers, got {spacing}")
-        affine = np.diag([*spacing, 1.0])
-        outputs = [self._one(image, affine) for image in batch]
-        return np.stack(outputs) if outputs else np.zeros((0,), np.float32)
+        return np.stack([self._one(image, tuple(spacing)) for image in batch])
 
-    def _one(self, image: np.ndarray, affine: np.ndarray) -> np.ndarray:
-        result = self.predictor.predict(image, affine=affine)
-        if self.package.spec.task == "classification":
-            return np.asarray(result.class_probabilities, dtype=np.float32)
-        return np.asarray(result.mask).astype(np.int64)
+    def _one(self, image: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
+        result = self.predictor.predict(image, spacing=spacing)
+        return result.class_probabilities if self.package.spec.task == "classification" else result.mask
 
 
 def _load_pyfunc(data_path: str, model_config: dict[str, Any] | None = None) -> MedvitPyfunc:
