@@ -442,6 +442,92 @@ def models_alias(
     typer.echo(f"{info['uri']} -> version {info['version']}{moved}")
 
 
+@app.command()
+@handle_errors
+def predict(
+    input_path: Annotated[
+        Path, typer.Option("-i", "--input", help="NIfTI, DICOM file/folder/zip, 2D image, or a folder of these.")
+    ],
+    outdir: Annotated[Path, typer.Option("-o", "--output", help="Output folder (created).")],
+    model: Annotated[
+        str, typer.Option("-m", "--model", help="Model package folder, run folder, or models:/NAME@ALIAS.")
+    ],
+    device: Annotated[str, typer.Option("--device", help="auto (CUDA if present), cpu, cuda or cuda:N.")] = "auto",
+    overlap: Annotated[
+        float | None, typer.Option("--overlap", help="Sliding-window overlap [default: the package's, 0.5].")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="Windows per forward pass [default: the package's].")
+    ] = None,
+    tta: Annotated[bool, typer.Option("--tta/--no-tta", help="Flip-mirroring TTA on the package's axes.")] = False,
+    output_type: Annotated[
+        str | None,
+        typer.Option(
+            "--output-type",
+            help="Comma-separated nifti,dicom-seg,png,json [default: nifti (3D), png (2D), json (classes)]; "
+            "a <case>.json with labels and volumes is always written.",
+        ),
+    ] = None,
+    save_probabilities: Annotated[
+        bool, typer.Option("--save-probabilities", help="Also write probabilities on the input grid.")
+    ] = False,
+    skip_existing: Annotated[
+        bool, typer.Option("--skip-existing", help="Skip cases whose outputs all exist.")
+    ] = False,
+    series: SeriesOpt = None,
+    spacing: SpacingOpt = None,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
+    precision: Annotated[
+        str, typer.Option("--precision", help="auto (bf16 where the device does it natively), 32 or bf16.")
+    ] = "auto",
+) -> None:
+    """Segment or classify images with a model package; masks land on each input's own grid.
+
+    Writes OUTDIR/<case>.nii.gz (3D), <case>.png (2D), <case>_seg.dcm (DICOM-SEG), <case>.json (labels,
+    volumes or class probabilities) and OUTDIR/manifest.json. Exit code 2 on bad input or options (nothing
+    written); for a folder, failing cases are reported and skipped, and the exit code is 1.
+    """
+    from medvit.errors import ConfigError
+    from medvit.inference import Predictor
+    from medvit.inference.run import run_predict
+
+    if not input_path.exists():
+        from medvit.errors import InputError
+
+        raise InputError(f"{input_path}: no such file or directory")
+    if outdir.exists() and not outdir.is_dir():
+        raise ConfigError(f"-o {outdir}: exists and is not a folder")
+    spacing_mm = _parse_spacing(spacing)
+    predictor = Predictor(
+        model,
+        device=device,
+        precision=precision,
+        overlap=overlap,
+        batch_size=batch_size,
+        tta=tta,
+        progress=not no_progress,
+    )
+    if predictor.device_note:
+        typer.echo(predictor.device_note, err=True)
+    result = run_predict(
+        predictor,
+        input_path,
+        outdir,
+        output_type=output_type,
+        save_probabilities=save_probabilities,
+        skip_existing=skip_existing,
+        series=series,
+        spacing=spacing_mm,
+        echo=typer.echo,
+        echo_error=lambda line: typer.echo(line, err=True),
+    )
+    s = result.manifest["summary"]
+    typer.echo(f"manifest: {result.manifest_path} ({s['ok']} ok, {s['skipped']} skipped, {s['failed']} failed)")
+    if result.failed:
+        typer.echo(f"error: {len(result.failed)} case(s) failed: {', '.join(result.failed)}", err=True)
+        raise typer.Exit(1)
+
+
 def main() -> None:
     """Console entry point."""
     app()

@@ -1,0 +1,181 @@
+"""The files ``medvit predict`` writes for one case, all or none.
+
+========================  ===========================================================================
+``<case>.json``           always: label names, per-label volumes (mL), or class probabilities
+``<case>.nii.gz``         ``nifti``: the label mask on the input grid (shape and affine checked after writing)
+``<case>_seg.dcm``        ``dicom-seg``: a DICOM Segmentation referencing the source series (DICOM inputs)
+``<case>.png``            ``png``: the label mask of a 2D segmentation (label values as pixel values)
+``<case>_probabilities``  ``--save-probabilities``: ``.nii.gz`` (4D, channels last) for 3D, ``.npz`` for 2D
+========================  ===========================================================================
+
+A case's files are written into a hidden staging folder inside the output folder and moved into place only
+when every one of them is written and checked, so a failure leaves no partial output behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medvit.errors import ConfigError, GeometryError
+from medvit.inference.predictor import Prediction
+
+OUTPUT_TYPES = ("nifti", "dicom-seg", "png", "json")
+
+
+def parse_output_types(text: str | None, *, task: str, spatial_dims: int) -> list[str]:
+    """The output types to write: ``text`` (comma-separated) checked against the model, ``json`` always added.
+
+    Defaults: ``nifti`` for 3D segmentation, ``png`` for 2D segmentation, ``json`` for classification.
+
+    Raises:
+        ConfigError: An unknown type, or one the model cannot produce (one line naming the option).
+    """
+    if text is None or not text.strip():
+        types = ["json"] if task == "classification" else ["nifti" if spatial_dims == 3 else "png"]
+    else:
+        types = list(dict.fromkeys(t.strip().lower() for t in text.split(",") if t.strip()))
+    for t in types:
+        if t not in OUTPUT_TYPES:
+            raise ConfigError(f"--output-type {t!r}: unknown output type (choose from {', '.join(OUTPUT_TYPES)})")
+        if task == "classification" and t != "json":
+            raise ConfigError(f"--output-type {t}: a classification model writes json only")
+        if t == "png" and spatial_dims != 2:
+            raise ConfigError("--output-type png: needs a 2D segmentation model (use nifti or dicom-seg for 3D)")
+    return [t for t in OUTPUT_TYPES if t in types or t == "json"]
+
+
+def output_files(name: str, types: Sequence[str], *, spatial_dims: int, probabilities: bool) -> dict[str, str]:
+    """Output type -> file name (in the output folder) for case ``name``."""
+    names = {
+        "json": f"{name}.json",
+        "nifti": f"{name}.nii.gz",
+        "dicom-seg": f"{name}_seg.dcm",
+        "png": f"{name}.png",
+    }
+    files = {t: names[t] for t in types}
+    if probabilities:
+        files["probabilities"] = f"{name}_probabilities." + ("nii.gz" if spatial_dims == 3 else "npz")
+    return files
+
+
+def sidecar(pred: Prediction, name: str, files: dict[str, str], model: dict[str, Any]) -> dict[str, Any]:
+    """The ``<case>.json`` content: labels and volumes, or class probabilities; the model it came from."""
+    out: dict[str, Any] = {
+        "case": name,
+        "task": pred.task,
+        "labels": {str(k): v for k, v in sorted(pred.labels.items())},
+    }
+    if pred.task == "classification":
+        scores = pred.class_scores()
+        out["probabilities"] = scores
+        out["predicted"] = max(scores, key=scores.get) if scores else None
+    else:
+        out["volumes_ml"] = pred.volumes_ml
+        out["outputs"] = sorted(f for t, f in files.items() if t != "json")
+    out["model"] = model
+    return out
+
+
+def write_outputs(
+    pred: Prediction,
+    outdir: str | os.PathLike,
+    name: str,
+    types: Sequence[str],
+    *,
+    probabilities: bool = False,
+    model: dict[str, Any] | None = None,
+) -> list[Path]:
+    """Write one case's outputs into ``outdir`` (all or none) and return their paths.
+
+    Raises:
+        InputError: A writer refused the prediction (e.g. DICOM-SEG for an input that is not DICOM).
+        GeometryError: A written mask does not have the input's shape and affine.
+    """
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    files = output_files(name, types, spatial_dims=len(pred.grid.spatial_shape), probabilities=probabilities)
+    stage = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=outdir))
+    try:
+        for kind, file in files.items():
+            _WRITERS[kind](pred, stage / file)
+        if "json" in files:
+            text = json.dumps(sidecar(pred, name, files, model or {}), indent=2)
+            (stage / files["json"]).write_text(text + "\n")
+        mode = file_mode()
+        for file in files.values():
+            os.chmod(stage / file, mode)
+            os.replace(stage / file, outdir / file)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return [outdir / f for f in files.values()]
+
+
+def file_mode() -> int:
+    """Permissions of a new file under the current umask (temporary files are created owner-only)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _nifti(pred: Prediction, path: Path) -> None:
+    from medvit.io import write_nifti
+
+    write_nifti(pred.mask, path, affine=pred.grid.affine)
+    check_grid(path, pred.grid.spatial_shape, pred.grid.affine)
+
+
+def check_grid(path: Path, shape: Sequence[int], affine: np.ndarray) -> None:
+    """Read a written NIfTI's header back (nibabel) and check it has the input grid: shape and affine."""
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    want = tuple(int(s) for s in shape) + (1,) * (3 - len(shape))
+    if tuple(img.shape[:3]) != want or not np.allclose(img.affine, affine, atol=1e-4):
+        raise GeometryError(
+            f"{path.name}: written grid (shape {tuple(img.shape[:3])}) differs from the input grid "
+            f"(shape {want}); nothing was written"
+        )
+
+
+def _dicom_seg(pred: Prediction, path: Path) -> None:
+    from medvit.io import write_dicom_seg
+
+    background = min(pred.labels)
+    names = {k: v for k, v in pred.labels.items() if k != background}
+    write_dicom_seg(pred.mask, pred.grid, path, label_names=names)
+
+
+def _png(pred: Prediction, path: Path) -> None:
+    from medvit.io import write_png
+
+    mask = pred.mask[..., 0] if pred.mask.ndim == 3 else pred.mask
+    write_png(mask, path)
+
+
+def _probabilities(pred: Prediction, path: Path) -> None:
+    if pred.probabilities is None:
+        raise ValueError("the prediction holds no probabilities (predict with probabilities=True)")
+    if path.name.endswith(".npz"):
+        with open(path, "wb") as fh:
+            np.savez_compressed(fh, probabilities=pred.probabilities, labels=np.asarray(sorted(pred.labels)))
+        return
+    from medvit.io import write_nifti
+
+    write_nifti(pred.probabilities, path, affine=pred.grid.affine)
+
+
+_WRITERS = {
+    "nifti": _nifti,
+    "dicom-seg": _dicom_seg,
+    "png": _png,
+    "probabilities": _probabilities,
+    "json": lambda pred, path: None,  # written last, once the other files are known
+}

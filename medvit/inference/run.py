@@ -1,0 +1,139 @@
+"""``medvit predict`` as a library function: every case of an input through one Predictor, then the manifest.
+
+A single input that fails raises (one line, nothing written). In a folder, a failing case is reported,
+recorded in the manifest with its one-line error and skipped; the others are predicted.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medvit.errors import ConfigError, MedvitError, one_line
+from medvit.inference.cases import Case, discover_cases
+from medvit.inference.manifest import case_record, finish, model_record, new_manifest, write_manifest
+from medvit.inference.outputs import output_files, parse_output_types, write_outputs
+
+
+@dataclass
+class RunResult:
+    """What a run did: the manifest (as written), its path, and the cases that failed."""
+
+    manifest: dict[str, Any]
+    manifest_path: Path
+    failed: list[str] = field(default_factory=list)
+
+
+def plan_cases(
+    input_path: str | os.PathLike,
+    outdir: str | os.PathLike,
+    *,
+    output_types: list[str],
+    series: str | None = None,
+) -> list[Case]:
+    """The cases of ``input_path``, checked against the output types before any work is done.
+
+    Raises:
+        InputError: No input, or a folder with no cases.
+        ConfigError: DICOM-SEG asked for an input that is not DICOM.
+    """
+    cases = discover_cases(input_path, series=series, exclude=[Path(outdir)])
+    if "dicom-seg" in output_types:
+        for case in cases:
+            if case.kind != "dicom":
+                raise ConfigError(
+                    f"--output-type dicom-seg: {case.path} is not a DICOM input (DICOM-SEG needs one)"
+                )
+    return cases
+
+
+def run_predict(
+    predictor,
+    input_path: str | os.PathLike,
+    outdir: str | os.PathLike,
+    *,
+    output_type: str | None = None,
+    save_probabilities: bool = False,
+    skip_existing: bool = False,
+    series: str | None = None,
+    spacing: tuple[float, ...] | None = None,
+    echo: Callable[[str], None] = print,
+    echo_error: Callable[[str], None] = print,
+) -> RunResult:
+    """Predict every case of ``input_path`` into ``outdir`` and write ``outdir/manifest.json``.
+
+    Args:
+        predictor: A :class:`~medvit.inference.Predictor`.
+        input_path: A file or folder (see :func:`~medvit.inference.cases.discover_cases`).
+        outdir: Output folder (created).
+        output_type: Comma-separated ``nifti,dicom-seg,png,json`` (default by task and dimensions).
+        save_probabilities: Also write the probabilities on the input grid.
+        skip_existing: Leave cases whose outputs all exist.
+        series: DICOM series UID (or unique prefix) to read.
+        spacing: Voxel spacing for DICOM inputs that give none.
+        echo: Where per-case lines go.
+        echo_error: Where per-case errors go (folder inputs).
+
+    Raises:
+        MedvitError: Bad options (before any work), or the only case failed.
+    """
+    spec = predictor.spec
+    types = parse_output_types(output_type, task=spec.task, spatial_dims=spec.spatial_dims)
+    outdir = Path(outdir)
+    cases = plan_cases(input_path, outdir, output_types=types, series=series)
+    single = Path(input_path).is_file() or len(cases) == 1 and cases[0].path == Path(input_path)
+    options = {
+        "output_types": types,
+        "save_probabilities": save_probabilities,
+        "skip_existing": skip_existing,
+        "series": series,
+        "spacing": list(spacing) if spacing else None,
+    }
+    manifest = new_manifest(predictor, options)
+    model = {k: v for k, v in model_record(predictor).items() if k in ("uri", "version", "name", "sha256")}
+    failed: list[str] = []
+    start = time.perf_counter()
+    for case in cases:
+        files = output_files(case.name, types, spatial_dims=spec.spatial_dims, probabilities=save_probabilities)
+        if skip_existing and all((outdir / f).exists() for f in files.values()):
+            existing = [outdir / f for f in files.values()]
+            manifest["cases"].append(case_record(case.name, case.path, "skipped", outputs=existing))
+            echo(f"{case.name}: skipped (outputs exist)")
+            continue
+        t0 = time.perf_counter()
+        try:
+            pred = predictor.predict(
+                case.path, series=series, spacing=spacing, probabilities=save_probabilities, name=case.name
+            )
+            written = write_outputs(pred, outdir, case.name, types, probabilities=save_probabilities, model=model)
+        except (MedvitError, OSError) as exc:
+            if single:
+                raise
+            message = one_line(exc)
+            failed.append(case.name)
+            manifest["cases"].append(case_record(case.name, case.path, "failed", error=message))
+            echo_error(f"error: {case.name}: {message} (skipped)")
+            continue
+        seconds = time.perf_counter() - t0
+        manifest["cases"].append(
+            case_record(case.name, case.path, "ok", prediction=pred, outputs=written, seconds=seconds)
+        )
+        echo(f"{case.name}: {_summary(pred)} -> {', '.join(p.name for p in written)} ({seconds:.1f} s)")
+    finish(manifest, time.perf_counter() - start)
+    path = write_manifest(manifest, outdir)
+    return RunResult(manifest=manifest, manifest_path=path, failed=failed)
+
+
+def _summary(pred) -> str:
+    if pred.task == "classification":
+        scores = pred.class_scores()
+        best = max(scores, key=scores.get)
+        return f"{best} ({scores[best]:.3f})"
+    if pred.volumes_ml is not None:
+        found = [f"{k} {v:.1f} mL" for k, v in pred.volumes_ml.items() if v > 0]
+        return ", ".join(found) if found else "nothing found"
+    return "segmented" if pred.mask.any() else "nothing found"
