@@ -90,7 +90,7 @@ def save_model(path: str | Path, *, package: str | Path, mlflow_model=None, **_:
     from mlflow import pyfunc
     from mlflow.models import Model
     from mlflow.models.utils import _save_example
-    from mlflow.utils.environment import _process_pip_requirements, _PythonEnv
+    from mlflow.utils.environment import _mlflow_conda_env, _PythonEnv
 
     from medvit.package import SPEC_FILE, WEIGHTS_FILE, load_package
 
@@ -122,7 +122,8 @@ def save_model(path: str | Path, *, package: str | Path, mlflow_model=None, **_:
         python_env="python_env.yaml",
     )
     mlflow_model.save(str(path / "MLmodel"))
-    conda_env, reqs, _ = _process_pip_requirements(None, pip_requirements(), None)
+    reqs = pip_requirements()
+    conda_env = _mlflow_conda_env(additional_pip_deps=reqs, install_mlflow=False)
     (path / "conda.yaml").write_text(yaml.safe_dump(conda_env, default_flow_style=False))
     (path / "requirements.txt").write_text("\n".join(reqs) + "\n")
     _PythonEnv.current().to_yaml(str(path / "python_env.yaml"))

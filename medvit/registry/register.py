@@ -63,20 +63,20 @@ def register_package(
     pkg = load_package(source)
     uri = resolve_tracking_uri(tracking_uri)
     with tempfile.TemporaryDirectory(prefix="medvit-register-") as tmp:
-        folder = _package_folder(pkg, Path(tmp))
+        pkg = _as_package_folder(pkg, Path(tmp))  # a .ckpt becomes a package folder
         with mlflow_session(uri, create=True) as client:
             try:
-                return _register(client, pkg, folder, name=name, alias=alias, run_id=run_id, extra=extra, uri=uri)
+                return _register(client, pkg, name=name, alias=alias, run_id=run_id, extra=extra, uri=uri)
             except InputError:
                 raise
             except registry_errors() as exc:
                 raise as_input_error(exc, subject=f"models:/{name}", tracking_uri=uri) from None
 
 
-def _register(client, pkg, folder: Path, *, name, alias, run_id, extra, uri) -> dict[str, Any]:
+def _register(client, pkg, *, name, alias, run_id, extra, uri) -> dict[str, Any]:
     run_id, exp_id, run_metrics = _pick_run(client, run_id, pkg, name=name, uri=uri)
     version_tags = {**package_tags(pkg, run_metrics=run_metrics), **extra}
-    model_id = _log_model(client, folder, run_id=run_id, exp_id=exp_id, tags=version_tags)
+    model_id = _log_model(client, pkg.path, run_id=run_id, exp_id=exp_id, tags=version_tags)
     try:
         client.create_registered_model(name, tags={MARKER: "1", "task": pkg.spec.task})
     except registry_errors() as exc:
@@ -128,13 +128,13 @@ def _log_model(client, folder: Path, *, run_id: str, exp_id: str, tags: dict[str
     return logged.model_id
 
 
-def _package_folder(pkg, tmp: Path) -> Path:
-    """The package's folder, or (for a checkpoint) a package written from the run's spec and its weights."""
+def _as_package_folder(pkg, tmp: Path):
+    """``pkg``, or for a checkpoint the package written from the run's spec and the checkpoint's weights."""
     if pkg.state_dict is None:
-        return pkg.path
-    from medvit.package import save_package
+        return pkg
+    from medvit.package import load_package, save_package
 
-    return save_package(pkg.build(), pkg.spec, tmp / "package")
+    return load_package(save_package(pkg.build(), pkg.spec, tmp / "package"))
 
 
 def _pick_run(client, run_id: str | None, pkg, *, name: str, uri: str) -> tuple[str, str, dict[str, float]]:

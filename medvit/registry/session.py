@@ -27,6 +27,7 @@ FAST_FAIL_ENV = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
 _QUIET_LOGGERS = ("mlflow", "alembic")
 _UNREACHABLE = re.compile(
@@ -42,8 +43,14 @@ def display_uri(uri: str) -> str:
 
 
 def resolve_tracking_uri(tracking_uri: str | None) -> str:
-    """``tracking_uri`` when given, else :func:`~medvit.registry.uri.default_tracking_uri`."""
-    return (tracking_uri or "").strip() or default_tracking_uri()
+    """``tracking_uri`` when given, else :func:`~medvit.registry.uri.default_tracking_uri`; a relative
+    ``sqlite:///`` path is made absolute (so one database has one cache key wherever it is named from)."""
+    uri = (tracking_uri or "").strip() or default_tracking_uri()
+    db = sqlite_path(uri)
+    if db is not None and not db.is_absolute():
+        query = uri.partition("?")[1:]
+        uri = f"sqlite:///{db.resolve()}{''.join(query)}"
+    return uri
 
 
 @contextlib.contextmanager
@@ -66,18 +73,18 @@ def mlflow_session(tracking_uri: str | None = None, *, create: bool = False) -> 
         if create and not db.parent.is_dir():
             raise InputError(f"{uri}: folder {db.parent} does not exist")
     saved_env = {k: os.environ.get(k) for k in (*FAST_FAIL_ENV, "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    levels = {name: logging.getLogger(name).level for name in _QUIET_LOGGERS}
-    for key, value in FAST_FAIL_ENV.items():
-        os.environ.setdefault(key, value)
-    for name in _QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", module=r"mlflow(\..*)?$")
         warnings.filterwarnings("ignore", category=FutureWarning)
-        import mlflow
+        import mlflow  # configures its loggers on first import: quiet them after
         from mlflow.tracking._model_registry import utils as registry_utils
         from mlflow.tracking._tracking_service import utils as tracking_utils
 
+        levels = {name: logging.getLogger(name).level for name in _QUIET_LOGGERS}
+        for key, value in FAST_FAIL_ENV.items():
+            os.environ.setdefault(key, value)
+        for name in _QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
         saved_globals = (tracking_utils._tracking_uri, registry_utils._registry_uri)
         try:
             mlflow.set_tracking_uri(uri)
