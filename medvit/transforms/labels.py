@@ -26,8 +26,13 @@ class ClassLabel(Transform):
         self.num_classes = num_classes
 
     def __call__(self, label: int | float | str | Sequence[int] | torch.Tensor) -> torch.Tensor:
-        values = torch.as_tensor(label).reshape(-1) if not isinstance(label, str) else None
-        if values is None or values.is_floating_point() and not torch.equal(values, values.round()):
+        if isinstance(label, str):  # "2" or "2.0" from a CSV
+            try:
+                label = float(label)
+            except ValueError:
+                raise ValueError(f"class label {label!r} is not a class index") from None
+        values = torch.as_tensor(label).reshape(-1)
+        if values.is_floating_point() and not torch.equal(values, values.round()):
             raise ValueError(f"class label {label!r} is not a class index")
         values = values.long()
         if self.num_classes is None:
