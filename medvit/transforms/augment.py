@@ -51,8 +51,8 @@ def fundus_augment(image: Sequence[str], labels: Sequence[str]) -> list:
 
 
 def photo_augment(image: Sequence[str], labels: Sequence[str] = ()) -> list:
-    """2D classification (RETFound-like): horizontal flip, a small affine (rotate +-10 degrees, scale and
-    shift +-10 % / 5 %), per-channel brightness/contrast (colour jitter) and gamma."""
+    """2D classification (RETFound-like): horizontal flip, a small affine (rotate +-10 degrees, scale +-10 %),
+    per-channel brightness/contrast (colour jitter) and gamma."""
     from monai.transforms import RandAdjustContrastd, RandAffined
 
     image, labels = list(image), list(labels)
