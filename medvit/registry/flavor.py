@@ -28,7 +28,8 @@ from medvit.errors import InputError
 FLAVOR_NAME = "medvit"
 PACKAGE_DIR = "package"
 EXAMPLE_SIZE = {2: 32, 3: 16}
-PREDICTOR_OPTIONS = ("device", "precision", "overlap", "batch_size", "tta")
+PREDICTOR_DEFAULTS = {"device": "auto", "precision": "auto", "overlap": None, "batch_size": None, "tta": False}
+PREDICTOR_OPTIONS = tuple(PREDICTOR_DEFAULTS)
 _REQUIREMENTS = ("torch", "monai", "safetensors", "pydantic", "PyYAML", "numpy", "nibabel", "mlflow")
 
 
@@ -118,6 +119,7 @@ def save_model(path: str | Path, *, package: str | Path, mlflow_model=None, **_:
         mlflow_model,
         loader_module=__name__,
         data=PACKAGE_DIR,
+        model_config=dict(PREDICTOR_DEFAULTS),  # load_model(model_config=...), MLFLOW_PYFUNC_INFERENCE_CONFIG
         conda_env="conda.yaml",
         python_env="python_env.yaml",
     )
