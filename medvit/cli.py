@@ -507,8 +507,6 @@ def predict(
         tta=tta,
         progress=not no_progress,
     )
-    if predictor.device_note:
-        typer.echo(predictor.device_note, err=True)
     result = run_predict(
         predictor,
         input_path,

@@ -93,6 +93,8 @@ def run_predict(
         "series": series,
         "spacing": list(spacing) if spacing else None,
     }
+    if predictor.device_note:
+        echo(predictor.device_note)
     manifest = new_manifest(predictor, options)
     model = {k: v for k, v in model_record(predictor).items() if k in ("uri", "version", "name", "sha256")}
     failed: list[str] = []

@@ -1,11 +1,11 @@
 """Sliding-window inference with Gaussian blending, batched windows and memory-bounded stitching.
 
 Windows are laid out as MONAI's ``sliding_window_inference`` lays them out (step ``int(roi * (1 - overlap))``,
-the last window flush with the far edge) and weighted by the same Gaussian (sigma = roi / 8, as nnU-Net,
-Isensee et al., Nature Methods 2021). The weight is the product of one profile per axis, so the sum of the
-weights under every voxel is a product of per-axis sums too: the output is normalised in place, with no
-full-size weight map. Only one float32 volume of outputs ``[K, *S]`` is held, on the stitching device; when
-that device runs out of memory, stitching moves to the CPU (the windows still run on the device).
+the last window flush with the far edge) and weighted by the same importance map (a Gaussian with sigma =
+roi / 8 as in nnU-Net, Isensee et al., Nature Methods 2021, held at least 1e-3), so the two give the same
+numbers. Unlike MONAI, no full-size map of summed weights is kept: the sums are rebuilt slab by slab when
+the output is normalised in place. Only one float32 volume of outputs ``[K, *S]`` is held, on the stitching
+device; when that device runs out of memory, stitching moves to the CPU (the windows still run on the device).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from medvit.errors import MedvitWarning
 WindowFn = Callable[[torch.Tensor], torch.Tensor]
 ProgressFn = Callable[[int, int], None]
 OutOfMemoryError = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
-MIN_WEIGHT = 1e-3
+SLAB_BYTES = 32 << 20
 
 
 def window_starts(size: int, roi: int, overlap: float) -> list[int]:
@@ -35,23 +35,35 @@ def window_starts(size: int, roi: int, overlap: float) -> list[int]:
     return [min(i * step, size - roi) for i in range(count)]
 
 
-def blend_profile(roi: int, blend: str = "gaussian", sigma_scale: float = 0.125) -> torch.Tensor:
-    """The 1D window weight along an axis of ``roi`` voxels: a Gaussian (sigma ``sigma_scale * roi``, peak 1,
-    at least ``1e-3``) or constant ones."""
-    if blend == "constant":
-        return torch.ones(roi)
-    if blend != "gaussian":
+def importance_map(roi: Sequence[int], blend: str = "gaussian") -> torch.Tensor:
+    """The weight of each voxel of a window: MONAI's ``compute_importance_map`` (``gaussian``: sigma 0.125 roi,
+    peak 1, held at least 1e-3; or ``constant`` ones)."""
+    from monai.data.utils import compute_importance_map
+
+    if blend not in ("gaussian", "constant"):
         raise ValueError(f"blend must be 'gaussian' or 'constant', got {blend!r}")
-    x = torch.arange(roi, dtype=torch.float64) - (roi - 1) / 2.0
-    g = torch.exp(-(x**2) / (2 * (sigma_scale * roi) ** 2))
-    return g.clamp_(min=MIN_WEIGHT).float()
+    return compute_importance_map(tuple(int(r) for r in roi), mode=blend, sigma_scale=0.125, device="cpu")
 
 
-def _outer(profiles: Sequence[torch.Tensor]) -> torch.Tensor:
-    out = profiles[0]
-    for p in profiles[1:]:
-        out = out.unsqueeze(-1) * p
-    return out
+def _normalise(out: torch.Tensor, starts: list[list[int]], roi: Sequence[int], weight: torch.Tensor) -> None:
+    """Divide ``out`` in place by the sum of window weights under each voxel, built one slab at a time."""
+    size0 = out.shape[1]
+    rest = out.shape[2:]
+    rows = max(1, min(size0, (SLAB_BYTES // 4) // max(int(torch.tensor(rest).prod()), 1)))
+    weight = weight.to(out.device)
+    others = list(itertools.product(*starts[1:]))
+    for a in range(0, size0, rows):
+        b = min(a + rows, size0)
+        total = torch.zeros((b - a, *rest), dtype=torch.float32, device=out.device)
+        for s0 in starts[0]:
+            lo, hi = max(a, s0), min(b, s0 + roi[0])
+            if lo >= hi:
+                continue
+            part = weight[lo - s0 : hi - s0]
+            for other in others:
+                sl = tuple(slice(s, s + r) for s, r in zip(other, roi[1:], strict=True))
+                total[(slice(lo - a, hi - a), *sl)] += part
+        out[:, a:b].div_(total)
 
 
 def sliding_window(
@@ -99,8 +111,7 @@ def sliding_window(
         image = F.pad(image, flat)
     padded = tuple(int(s) for s in image.shape[1:])
     starts = [window_starts(s, r, overlap) for s, r in zip(padded, roi, strict=True)]
-    profiles = [blend_profile(r, blend) for r in roi]
-    weight = _outer(profiles).to(device)
+    weight = importance_map(roi, blend).to(device)
 
     out = torch.zeros((num_outputs, *padded), dtype=torch.float32, device=out_device)
     windows = list(itertools.product(*starts))
@@ -119,14 +130,7 @@ def sliding_window(
         if progress is not None:
             progress(min(first + len(chunk), total), total)
 
-    # divide by the summed weights, axis by axis (the weight is a product of per-axis profiles)
-    for axis, (size, r, axis_starts, prof) in enumerate(zip(padded, roi, starts, profiles, strict=True)):
-        norm = torch.zeros(size, dtype=torch.float32)
-        for s in axis_starts:
-            norm[s : s + r] += prof
-        shape = [1] * (len(padded) + 1)
-        shape[axis + 1] = size
-        out.div_(norm.to(out_device).view(shape))
+    _normalise(out, starts, roi, weight)
     if any(pads):
         crop = tuple(slice(p // 2, p // 2 + s) for p, s in zip(pads, spatial, strict=True))
         out = out[(slice(None), *crop)].contiguous()
