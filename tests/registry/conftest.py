@@ -1,4 +1,4 @@
-"""Registry test fixtures: tiny packages (built once), a tracking store per module, a cache per test.
+"""Registry test fixtures: tiny packages (built once), tracking stores per session, a cache per test.
 
 Nothing reaches the network: every test runs against ``sqlite:///`` files under pytest's tmp folders (or a
 loopback ``mlflow server`` in ``test_server.py``), with ``MEDVIT_CACHE`` in the test's own tmp folder.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import socket
+import warnings
 from pathlib import Path
 
 import pytest
@@ -36,10 +37,32 @@ def package_factory(tmp_path_factory):
     return build
 
 
-@pytest.fixture(scope="module")
+def _store(tmp_path_factory, name: str) -> str:
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp(name) / 'mlruns.db'}"
+    with warnings.catch_warnings():  # SQLAlchemy deprecations inside MLflow's store
+        warnings.simplefilter("ignore")
+        mlflow.MlflowClient(uri).search_experiments()  # creates the tables (the slow part), once
+    return uri
+
+
+@pytest.fixture(scope="session")
 def tracking_uri(tmp_path_factory) -> str:
-    """One sqlite tracking store per test module (tests use their own model names)."""
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlruns.db'}"
+    """The sqlite tracking store of the session (tests register under their own model names)."""
+    return _store(tmp_path_factory, "mlflow")
+
+
+@pytest.fixture(scope="session")
+def other_tracking_uri(tmp_path_factory) -> str:
+    """A second sqlite store, for what differs between registries."""
+    return _store(tmp_path_factory, "mlflow_other")
+
+
+@pytest.fixture(scope="session")
+def empty_tracking_uri(tmp_path_factory) -> str:
+    """A store that nothing is ever registered in."""
+    return _store(tmp_path_factory, "mlflow_empty")
 
 
 @pytest.fixture(autouse=True)

@@ -55,12 +55,8 @@ def test_register_then_models_list_show_alias(package_factory, model_name, track
     assert shown["versions"][1]["tags"]["team"] == "eye"
 
 
-def test_models_list_of_an_empty_registry(tmp_path):
-    import mlflow
-
-    uri = f"sqlite:///{tmp_path / 'empty.db'}"
-    mlflow.MlflowClient(uri).search_experiments()
-    result = run("models", "list", "--tracking-uri", uri)
+def test_models_list_of_an_empty_registry(empty_tracking_uri):
+    result = run("models", "list", "--tracking-uri", empty_tracking_uri)
     assert result.exit_code == 0 and result.stdout.strip() == "no registered models"
 
 
@@ -100,8 +96,7 @@ def test_bad_input_one_line_exit_2(args, message, package_factory, model_name, t
 @pytest.mark.slow
 def test_console_output_is_clean(package_factory, model_name, tmp_path):
     """A real process: no MLflow log lines, warnings, run links or progress bars around the result."""
-    uri = f"sqlite:///{tmp_path / 'cli.db'}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    env = dict(os.environ)  # MLFLOW_TRACKING_URI: the session's store
     cmd = [sys.executable, "-m", "medvit.cli", "register", str(package_factory("cls2d")), "--name", model_name]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stderr

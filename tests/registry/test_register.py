@@ -176,10 +176,8 @@ def test_reading_a_registry_that_does_not_exist(tmp_path):
     assert not (tmp_path / "none.db").exists()  # reading never creates a database
 
 
-def test_list_models_of_an_empty_registry(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'empty.db'}"
-    mlflow.MlflowClient(uri).search_experiments()  # creates the tables
-    assert list_models(tracking_uri=uri) == []
+def test_list_models_of_an_empty_registry(empty_tracking_uri):
+    assert list_models(tracking_uri=empty_tracking_uri) == []
 
 
 def test_session_restores_the_callers_mlflow_settings(package_factory, model_name, tmp_path, tracking_uri):

@@ -54,8 +54,8 @@ def test_each_version_is_downloaded_once(package_factory, model_name, monkeypatc
     assert len(calls) == 2  # MLmodel, then the package; later calls hit the cache
 
 
-def test_same_name_in_two_registries_does_not_collide(package_factory, model_name, tmp_path):
-    other = f"sqlite:///{tmp_path / 'other.db'}"
+def test_same_name_in_two_registries_does_not_collide(package_factory, model_name, other_tracking_uri):
+    other = other_tracking_uri
     register_package(package_factory("seg2d"), name=model_name)
     register_package(package_factory("seg2d", seed=1), name=model_name, tracking_uri=other)
     a, _ = resolve_model_uri(f"models:/{model_name}/1")
