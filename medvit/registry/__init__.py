@@ -6,8 +6,9 @@ descriptive tags, is addressed as ``models:/NAME@ALIAS`` or ``models:/NAME/VERSI
 per version into a local cache for ``medvit predict``.
 
 Modules: ``uri`` (addresses, default tracking URI), ``session`` (MLflow calls: URI, quiet, fast failure,
-one-line errors), ``flavor`` (the MLflow flavour and pyfunc), ``tags``, ``register`` (register, alias,
-list, show), ``cache`` (resolve URIs to cached packages). ``import medvit.registry`` does not import MLflow.
+one-line errors), ``flavor`` (the MLflow flavour and pyfunc), ``tags``, ``register`` (register packages),
+``models`` (look up, alias, list, show), ``cache`` (resolve URIs to cached packages).
+``import medvit.registry`` does not import MLflow.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ _LAZY = {
     "parse_model_uri": "medvit.registry.uri",
     "ModelRef": "medvit.registry.uri",
     "register_package": "medvit.registry.register",
-    "set_alias": "medvit.registry.register",
-    "list_models": "medvit.registry.register",
-    "show_model": "medvit.registry.register",
+    "set_alias": "medvit.registry.models",
+    "list_models": "medvit.registry.models",
+    "show_model": "medvit.registry.models",
     "resolve_model_uri": "medvit.registry.cache",
     "cache_root": "medvit.registry.cache",
 }

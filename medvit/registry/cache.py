@@ -22,14 +22,8 @@ from typing import Any
 import yaml
 
 from medvit.errors import InputError
-from medvit.registry.session import (
-    as_input_error,
-    display_uri,
-    is_not_found,
-    mlflow_session,
-    registry_errors,
-    resolve_tracking_uri,
-)
+from medvit.registry.models import model_version, registered_model
+from medvit.registry.session import display_uri, mlflow_session, resolve_tracking_uri
 from medvit.registry.tags import MARKER
 from medvit.registry.uri import ModelRef, parse_model_uri
 
@@ -68,29 +62,19 @@ def resolve_model_uri(uri: str, *, tracking_uri: str | None = None) -> tuple[Pat
     """
     ref = parse_model_uri(uri)
     turi = resolve_tracking_uri(tracking_uri)
-    with mlflow_session(turi) as client:
-        try:
-            mv = _lookup(client, ref, uri, turi)
-            entry = cache_entry(turi, ref.name, mv.version)
-            cached = _valid_entry(entry, mv.source)
-            if not cached:
-                _download(client, mv, entry, uri)
-        except InputError:
-            raise
-        except registry_errors() as exc:
-            raise as_input_error(exc, subject=uri, tracking_uri=turi) from None
+    with mlflow_session(turi, subject=uri) as client:
+        mv = _lookup(client, ref, uri)
+        entry = cache_entry(turi, ref.name, mv.version)
+        cached = _valid_entry(entry, mv.source)
+        if not cached:
+            _download(client, mv, entry, uri)
     record = json.loads((entry / RECORD).read_text())
     return entry, {**record, "uri": uri, "alias": ref.alias, "cached": cached}
 
 
-def _lookup(client, ref: ModelRef, uri: str, turi: str):
+def _lookup(client, ref: ModelRef, uri: str):
     """The model version ``ref`` names; unknown model, alias or version become one-line errors."""
-    try:
-        rm = client.get_registered_model(ref.name)
-    except registry_errors() as exc:
-        if is_not_found(exc):
-            raise InputError(f"{uri}: no registered model {ref.name!r} in {display_uri(turi)}") from None
-        raise
+    rm = registered_model(client, ref.name, subject=uri)
     version = ref.version
     if ref.alias is not None:
         aliases = rm.aliases or {}
@@ -103,12 +87,7 @@ def _lookup(client, ref: ModelRef, uri: str, turi: str):
         if not versions:
             raise InputError(f"{uri}: model {ref.name!r} has no versions")
         version = str(max(versions))
-    try:
-        return client.get_model_version(ref.name, version)
-    except registry_errors() as exc:
-        if is_not_found(exc):
-            raise InputError(f"{uri}: model {ref.name!r} has no version {version}") from None
-        raise
+    return model_version(client, ref.name, version, subject=uri)
 
 
 def _model_id(source: str) -> str | None:

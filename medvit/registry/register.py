@@ -1,4 +1,4 @@
-"""Register model packages as MLflow model versions; set aliases; list and show registered models."""
+"""Register model packages as MLflow model versions (logged as MLflow Models of the ``medvit`` flavour)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from typing import Any
 
 from medvit.errors import InputError
 from medvit.registry.session import (
-    as_input_error,
     display_uri,
     is_not_found,
     mlflow_session,
@@ -64,13 +63,8 @@ def register_package(
     uri = resolve_tracking_uri(tracking_uri)
     with tempfile.TemporaryDirectory(prefix="medvit-register-") as tmp:
         pkg = _as_package_folder(pkg, Path(tmp))  # a .ckpt becomes a package folder
-        with mlflow_session(uri, create=True) as client:
-            try:
-                return _register(client, pkg, name=name, alias=alias, run_id=run_id, extra=extra, uri=uri)
-            except InputError:
-                raise
-            except registry_errors() as exc:
-                raise as_input_error(exc, subject=f"models:/{name}", tracking_uri=uri) from None
+        with mlflow_session(uri, subject=f"models:/{name}", create=True) as client:
+            return _register(client, pkg, name=name, alias=alias, run_id=run_id, extra=extra, uri=uri)
 
 
 def _register(client, pkg, *, name, alias, run_id, extra, uri) -> dict[str, Any]:
@@ -166,121 +160,3 @@ def _pick_run(client, run_id: str | None, pkg, *, name: str, uri: str) -> tuple[
     run = client.create_run(exp_id, run_name=f"register-{name}", tags={MARKER: "1"})
     client.set_terminated(run.info.run_id)
     return run.info.run_id, exp_id, {}
-
-
-def set_alias(name: str, alias: str, version: str | int, *, tracking_uri: str | None = None) -> dict[str, Any]:
-    """Point ``alias`` of registered model ``name`` at ``version`` (moving it if set elsewhere).
-
-    Returns:
-        ``name``, ``alias``, ``version``, ``previous`` (the version it pointed at, or ``None``), ``uri``.
-
-    Raises:
-        InputError: Unknown model or version, bad alias, unreachable server.
-    """
-    check_model_name(name)
-    check_alias(alias)
-    version = str(version)
-    if not version.isdigit():
-        raise InputError(f"models:/{name}: version must be a number, got {version!r}")
-    uri = resolve_tracking_uri(tracking_uri)
-    with mlflow_session(uri) as client:
-        try:
-            _existing_model(client, name, uri)
-            try:
-                client.get_model_version(name, version)
-            except registry_errors() as exc:
-                if is_not_found(exc):
-                    raise InputError(f"models:/{name}/{version}: no such version of {name!r}") from None
-                raise
-            previous = client.get_registered_model(name).aliases.get(alias)
-            client.set_registered_model_alias(name, alias, version)
-        except InputError:
-            raise
-        except registry_errors() as exc:
-            raise as_input_error(exc, subject=f"models:/{name}@{alias}", tracking_uri=uri) from None
-    return {
-        "name": name,
-        "alias": alias,
-        "version": version,
-        "previous": None if previous is None else str(previous),
-        "uri": f"models:/{name}@{alias}",
-    }
-
-
-def _existing_model(client, name: str, uri: str):
-    try:
-        return client.get_registered_model(name)
-    except registry_errors() as exc:
-        if is_not_found(exc):
-            raise InputError(f"models:/{name}: no registered model {name!r} in {display_uri(uri)}") from None
-        raise
-
-
-def list_models(*, tracking_uri: str | None = None) -> list[dict[str, Any]]:
-    """Registered models: ``name``, ``latest_version``, ``aliases`` ({alias: version}), ``task``, ``medvit``."""
-    uri = resolve_tracking_uri(tracking_uri)
-    with mlflow_session(uri) as client:
-        try:
-            models = _all(client.search_registered_models)
-            rows = []
-            for rm in sorted(models, key=lambda m: m.name):
-                versions = [int(v.version) for v in rm.latest_versions or []]
-                rows.append(
-                    {
-                        "name": rm.name,
-                        "latest_version": str(max(versions)) if versions else None,
-                        "aliases": {a: str(v) for a, v in sorted((rm.aliases or {}).items())},
-                        "task": (rm.tags or {}).get("task"),
-                        "medvit": (rm.tags or {}).get(MARKER) == "1",
-                    }
-                )
-        except registry_errors() as exc:
-            raise as_input_error(exc, subject="models", tracking_uri=uri) from None
-    return rows
-
-
-def show_model(name: str, *, tracking_uri: str | None = None) -> dict[str, Any]:
-    """A registered model: ``name``, ``aliases``, ``tags`` and its ``versions`` (newest first) with their tags.
-
-    Raises:
-        InputError: Unknown model, unreachable server.
-    """
-    check_model_name(name)
-    uri = resolve_tracking_uri(tracking_uri)
-    with mlflow_session(uri) as client:
-        try:
-            rm = _existing_model(client, name, uri)
-            escaped = name.replace("'", "\\'")
-            versions = _all(client.search_model_versions, filter_string=f"name = '{escaped}'")
-        except InputError:
-            raise
-        except registry_errors() as exc:
-            raise as_input_error(exc, subject=f"models:/{name}", tracking_uri=uri) from None
-    aliases = {a: str(v) for a, v in sorted((rm.aliases or {}).items())}
-    by_version: dict[str, list[str]] = {}
-    for a, v in aliases.items():
-        by_version.setdefault(v, []).append(a)
-    rows = [
-        {
-            "version": str(mv.version),
-            "created": mv.creation_timestamp,
-            "status": mv.status,
-            "run_id": mv.run_id,
-            "source": mv.source,
-            "aliases": by_version.get(str(mv.version), []),
-            "tags": dict(sorted((mv.tags or {}).items())),
-        }
-        for mv in sorted(versions, key=lambda m: -int(m.version))
-    ]
-    return {"name": rm.name, "aliases": aliases, "tags": dict(rm.tags or {}), "versions": rows}
-
-
-def _all(search, **kwargs) -> list[Any]:
-    """Every page of an MLflow ``search_*`` call."""
-    out, token = [], None
-    while True:
-        page = search(max_results=200, page_token=token, **kwargs)
-        out.extend(page)
-        token = page.token
-        if not token:
-            return out

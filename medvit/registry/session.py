@@ -23,7 +23,7 @@ from typing import Any
 from medvit.errors import InputError, one_line
 from medvit.registry.uri import default_tracking_uri, is_http, sqlite_path
 
-FAST_FAIL_ENV = {
+SESSION_ENV = {  # unless the user set them: fail fast, print nothing besides medvit's own lines
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
@@ -54,25 +54,29 @@ def resolve_tracking_uri(tracking_uri: str | None) -> str:
 
 
 @contextlib.contextmanager
-def mlflow_session(tracking_uri: str | None = None, *, create: bool = False) -> Iterator[Any]:
+def mlflow_session(tracking_uri: str | None = None, *, subject: str, create: bool = False) -> Iterator[Any]:
     """Run MLflow calls against ``tracking_uri`` (default: :func:`default_tracking_uri`); yields a client.
+
+    MLflow, connection and database errors raised in the ``with`` body come out as one-line
+    :class:`~medvit.errors.InputError` about ``subject``.
 
     Args:
         tracking_uri: Tracking (and registry) URI.
+        subject: What the calls are about (a ``models:/`` URI or model name), to start error messages with.
         create: Whether a missing ``sqlite:///`` database may be created (registering); reading
             (resolve, list, show, alias) from a database that does not exist is an error instead.
 
     Raises:
-        InputError: The database is missing or its folder does not exist (one line naming the URI).
+        InputError: Missing database or folder, unreachable server, any MLflow error (one line).
     """
     uri = resolve_tracking_uri(tracking_uri)
     db = sqlite_path(uri)
     if db is not None:
         if not create and not db.is_file():
-            raise InputError(f"{uri}: no such registry database (register a model first, or pass --tracking-uri)")
+            raise InputError(f"{subject}: no registry database {uri} (nothing registered there yet?)")
         if create and not db.parent.is_dir():
-            raise InputError(f"{uri}: folder {db.parent} does not exist")
-    saved_env = {k: os.environ.get(k) for k in (*FAST_FAIL_ENV, "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+            raise InputError(f"{subject}: folder {db.parent} of the registry database does not exist")
+    saved_env = {k: os.environ.get(k) for k in (*SESSION_ENV, "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", module=r"mlflow(\..*)?$")
         warnings.filterwarnings("ignore", category=FutureWarning)
@@ -81,7 +85,7 @@ def mlflow_session(tracking_uri: str | None = None, *, create: bool = False) -> 
         from mlflow.tracking._tracking_service import utils as tracking_utils
 
         levels = {name: logging.getLogger(name).level for name in _QUIET_LOGGERS}
-        for key, value in FAST_FAIL_ENV.items():
+        for key, value in SESSION_ENV.items():
             os.environ.setdefault(key, value)
         for name in _QUIET_LOGGERS:
             logging.getLogger(name).setLevel(logging.ERROR)
@@ -90,6 +94,10 @@ def mlflow_session(tracking_uri: str | None = None, *, create: bool = False) -> 
             mlflow.set_tracking_uri(uri)
             mlflow.set_registry_uri(uri)
             yield mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+        except InputError:
+            raise
+        except registry_errors() as exc:
+            raise as_input_error(exc, subject=subject, tracking_uri=uri) from None
         finally:
             mlflow.set_tracking_uri(saved_globals[0])
             registry_utils._registry_uri = saved_globals[1]

@@ -70,11 +70,11 @@ def test_models_list_of_an_empty_registry(empty_tracking_uri):
         (["register", "{pkg}", "--name", "x", "--tag", "novalue"], "--tag 'novalue': expected KEY=VALUE"),
         (["register", "{pkg}", "--name", "x", "--tracking-uri", "{down}"], "models:/x: cannot reach the MLflow"),
         (["models", "list", "--tracking-uri", "{down}"], "models: cannot reach the MLflow tracking server {down}"),
-        (["models", "list", "--tracking-uri", "sqlite:///{tmp}/no.db"], "no such registry database"),
+        (["models", "list", "--tracking-uri", "sqlite:///{tmp}/no.db"], "no registry database"),
         (["models", "show", "nobody"], "models:/nobody: no registered model 'nobody'"),
         (["models", "show", "nobody", "--tracking-uri", "{down}"], "models:/nobody: cannot reach"),
         (["models", "alias", "nobody", "champion", "1"], "models:/nobody: no registered model 'nobody'"),
-        (["models", "alias", "{name}", "champion", "5"], "models:/{name}/5: no such version of '{name}'"),
+        (["models", "alias", "{name}", "champion", "5"], "models:/{name}/5: model '{name}' has no version 5"),
         (["models", "alias", "{name}", "latest", "1"], "alias 'latest'"),
     ],
 )

@@ -150,13 +150,13 @@ def test_bad_register_input(package_factory, model_name, tmp_path, source, kwarg
 
 def test_register_into_a_missing_folder(package_factory, model_name, tmp_path):
     uri = f"sqlite:///{tmp_path / 'nope' / 'mlruns.db'}"
-    with pytest.raises(InputError, match=r"folder .*nope does not exist"):
+    with pytest.raises(InputError, match=r"folder .*nope of the registry database does not exist"):
         register_package(package_factory("seg2d"), name=model_name, tracking_uri=uri)
 
 
 def test_alias_and_show_errors(package_factory, model_name):
     register_package(package_factory("seg2d"), name=model_name)
-    with pytest.raises(InputError, match=f"models:/{model_name}/7: no such version"):
+    with pytest.raises(InputError, match=f"models:/{model_name}/7: model '{model_name}' has no version 7"):
         set_alias(model_name, "champion", 7)
     with pytest.raises(InputError, match="version must be a number"):
         set_alias(model_name, "champion", "two")
@@ -171,7 +171,7 @@ def test_alias_and_show_errors(package_factory, model_name):
 def test_reading_a_registry_that_does_not_exist(tmp_path):
     uri = f"sqlite:///{tmp_path / 'none.db'}"
     for call in (lambda: list_models(tracking_uri=uri), lambda: show_model("x", tracking_uri=uri)):
-        with pytest.raises(InputError, match="no such registry database"):
+        with pytest.raises(InputError, match="no registry database"):
             call()
     assert not (tmp_path / "none.db").exists()  # reading never creates a database
 

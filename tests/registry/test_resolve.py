@@ -128,7 +128,7 @@ def test_bad_uri_is_one_line_and_leaves_no_cache_entry(
 
 
 def test_missing_database_and_unreachable_server(free_port, tmp_path, cache_files):
-    with pytest.raises(InputError, match="no such registry database"):
+    with pytest.raises(InputError, match="models:/disc@champion: no registry database sqlite:///"):
         resolve_model_uri("models:/disc@champion", tracking_uri=f"sqlite:///{tmp_path / 'none.db'}")
     assert not (tmp_path / "none.db").exists()
 
