@@ -24,7 +24,6 @@ import yaml
 from medvit.errors import InputError
 from medvit.registry.models import model_version, registered_model
 from medvit.registry.session import display_uri, mlflow_session, resolve_tracking_uri
-from medvit.registry.tags import MARKER
 from medvit.registry.uri import ModelRef, parse_model_uri
 
 RECORD = "registry.json"
@@ -107,38 +106,62 @@ def _valid_entry(entry: Path, source: str) -> bool:
 
 def _download(client, mv, entry: Path, uri: str) -> None:
     """Download version ``mv``'s package into ``entry`` atomically (temp folder beside it, then rename)."""
-    from mlflow.artifacts import download_artifacts
-
-    from medvit.package import load_package
-    from medvit.registry.flavor import FLAVOR_NAME
-
     root = client.get_model_version_download_uri(mv.name, mv.version).rstrip("/")
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
     try:
-        mlmodel = Path(download_artifacts(artifact_uri=f"{root}/MLmodel", dst_path=str(tmp / "meta")))
-        flavors = (yaml.safe_load(mlmodel.read_text()) or {}).get("flavors") or {}
-        if FLAVOR_NAME not in flavors and (mv.tags or {}).get(MARKER) != "1":
-            raise InputError(f"{uri}: not a medvit model (version {mv.version} has no '{FLAVOR_NAME}' flavour)")
-        sub = (flavors.get(FLAVOR_NAME) or {}).get("package", "package")
-        got = Path(download_artifacts(artifact_uri=f"{root}/{sub}", dst_path=str(tmp / "dl")))
-        pkg = load_package(got)
-        expected = (mv.tags or {}).get("package_sha256")
-        if expected and expected != pkg.sha256:
-            raise InputError(f"{uri}: downloaded package does not match the version's package_sha256 tag")
-        record = {
-            "name": mv.name,
-            "version": str(mv.version),
-            "resolved_uri": f"models:/{mv.name}/{mv.version}",
-            "run_id": mv.run_id or None,
-            "model_id": getattr(mv, "model_id", None) or _model_id(mv.source),
-            "source": mv.source,
-            "tracking_uri": display_uri(client.tracking_uri),
-            "package_sha256": pkg.sha256,
-        }
-        (got / RECORD).write_text(json.dumps(record, indent=2))
-        if entry.exists():  # stale (the version was re-created): replace it
+        got, sha256 = _fetch_package(root, tmp, mv, uri)
+        (got / RECORD).write_text(json.dumps(_record(client, mv, sha256), indent=2))
+        if _valid_entry(entry, mv.source):  # another process finished the same download first
+            return
+        if entry.exists():  # stale (the registered model was re-created): replace it
             shutil.rmtree(entry)
         os.replace(got, entry)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fetch_package(root: str, tmp: Path, mv, uri: str) -> tuple[Path, str]:
+    """The MLflow Model at ``root``: check it is a medvit model, download its package into ``tmp``, check that;
+    returns the package folder and its hash."""
+    from mlflow.artifacts import download_artifacts
+
+    from medvit.package import load_package
+    from medvit.registry.flavor import FLAVOR_NAME
+    from medvit.registry.session import registry_errors, unreachable
+
+    not_medvit = f"{uri}: not a medvit model (version {mv.version} has no '{FLAVOR_NAME}' flavour)"
+    try:
+        mlmodel = Path(download_artifacts(artifact_uri=f"{root}/MLmodel", dst_path=str(tmp / "meta")))
+        flavors = (yaml.safe_load(mlmodel.read_text()) or {}).get("flavors") or {}
+    except (*registry_errors(), yaml.YAMLError, AttributeError) as exc:
+        if unreachable(exc):
+            raise
+        raise InputError(f"{not_medvit[:-1]}: no readable MLmodel)") from None
+    if not isinstance(flavors, dict) or not isinstance(flavors.get(FLAVOR_NAME), dict):
+        raise InputError(not_medvit)
+    sub = str(flavors[FLAVOR_NAME].get("package", "package"))
+    got = Path(download_artifacts(artifact_uri=f"{root}/{sub}", dst_path=str(tmp / "dl")))
+    try:
+        pkg = load_package(got)
+    except InputError as exc:
+        reason = str(exc).replace(str(got), "package")
+        raise InputError(f"{uri}: the registered package does not load ({reason})") from None
+    expected = (mv.tags or {}).get("package_sha256")
+    if expected and expected != pkg.sha256:
+        raise InputError(f"{uri}: downloaded package does not match the version's package_sha256 tag")
+    return got, pkg.sha256
+
+
+def _record(client, mv, sha256: str) -> dict[str, Any]:
+    """What ``registry.json`` keeps about a cache entry (and :func:`resolve_model_uri` returns)."""
+    return {
+        "name": mv.name,
+        "version": str(mv.version),
+        "resolved_uri": f"models:/{mv.name}/{mv.version}",
+        "run_id": mv.run_id or None,
+        "model_id": getattr(mv, "model_id", None) or _model_id(mv.source),
+        "source": mv.source,
+        "tracking_uri": display_uri(client.tracking_uri),
+        "package_sha256": sha256,
+    }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -75,16 +76,17 @@ def test_a_stale_entry_is_replaced(package_factory, model_name):
     load_package(folder).build()  # a whole package again
 
 
-def _register_foreign_model(tracking_uri: str, name: str, tmp_path) -> None:
-    """A registered model version that is an MLflow model of some other flavour (not medvit)."""
+def _register_foreign_model(tracking_uri: str, name: str, tmp_path, *, mlmodel: bool = True) -> None:
+    """A registered model version that is an MLflow model of some other flavour (not medvit), or no MLflow
+    model at all (no ``MLmodel``)."""
     client = mlflow.MlflowClient(tracking_uri)
     exp = client.create_experiment(f"foreign-{name}", artifact_location=(tmp_path / "foreign").as_uri())
     logged = client.create_logged_model(experiment_id=exp, name="model")
     model_dir = tmp_path / "foreign_model"
     model_dir.mkdir()
-    (model_dir / "MLmodel").write_text(
-        yaml.safe_dump({"flavors": {"python_function": {"loader_module": "sklearn_like", "data": "model.pkl"}}})
-    )
+    if mlmodel:
+        flavors = {"python_function": {"loader_module": "sklearn_like", "data": "model.pkl"}}
+        (model_dir / "MLmodel").write_text(yaml.safe_dump({"flavors": flavors}))
     (model_dir / "model.pkl").write_bytes(b"not a medvit package")
     client.log_model_artifacts(logged.model_id, str(model_dir))
     client.create_registered_model(name)
@@ -99,7 +101,9 @@ def _register_foreign_model(tracking_uri: str, name: str, tmp_path) -> None:
         ("unknown_alias", "models:/{name}@nope: model '{name}' has no alias 'nope' (aliases: champion)"),
         ("unknown_version", "models:/{name}/9: model '{name}' has no version 9"),
         ("not_medvit", "models:/{name}_foreign@champion: not a medvit model (version 1 has no 'medvit' flavour)"),
+        ("no_mlmodel", "models:/{name}_foreign@champion: not a medvit model (version 1 has no 'medvit' flavour: "),
         ("tampered", "models:/{name}@champion: downloaded package does not match the version's package_sha256"),
+        ("broken", "models:/{name}@champion: the registered package does not load (package/medvit.yaml: task: "),
         ("bad_uri", "models:/{name}: expected models:/NAME@ALIAS or models:/NAME/VERSION"),
     ],
 )
@@ -112,13 +116,19 @@ def test_bad_uri_is_one_line_and_leaves_no_cache_entry(
         "unknown_alias": f"models:/{model_name}@nope",
         "unknown_version": f"models:/{model_name}/9",
         "not_medvit": f"models:/{model_name}_foreign@champion",
+        "no_mlmodel": f"models:/{model_name}_foreign@champion",
         "tampered": f"models:/{model_name}@champion",
+        "broken": f"models:/{model_name}@champion",
         "bad_uri": f"models:/{model_name}",
     }[case]
-    if case == "not_medvit":
-        _register_foreign_model(tracking_uri, f"{model_name}_foreign", tmp_path)
+    client = mlflow.MlflowClient(tracking_uri)
+    if case in ("not_medvit", "no_mlmodel"):
+        _register_foreign_model(tracking_uri, f"{model_name}_foreign", tmp_path, mlmodel=case == "not_medvit")
+    if case == "broken":  # the stored package no longer validates
+        stored = Path(client.get_model_version_download_uri(model_name, "1").removeprefix("file://"))
+        (stored / "package" / "medvit.yaml").write_text("format: medvit-package\nname: x\n")
     if case == "tampered":
-        mlflow.MlflowClient(tracking_uri).set_model_version_tag(model_name, "1", "package_sha256", "0" * 64)
+        client.set_model_version_tag(model_name, "1", "package_sha256", "0" * 64)
     with pytest.raises(InputError) as err:
         resolve_model_uri(uri)
     text = str(err.value)
