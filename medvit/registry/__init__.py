@@ -8,38 +8,25 @@ per version into a local cache for ``medvit predict``.
 Modules: ``uri`` (addresses, default tracking URI), ``session`` (MLflow calls: URI, quiet, fast failure,
 one-line errors), ``flavor`` (the MLflow flavour and pyfunc), ``tags``, ``register`` (register packages),
 ``models`` (look up, alias, list, show), ``cache`` (resolve URIs to cached packages).
-``import medvit.registry`` does not import MLflow.
+``import medvit.registry`` imports neither MLflow nor torch: they load inside the functions that use them.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from medvit.registry.cache import cache_root, resolve_model_uri
+from medvit.registry.models import list_models, set_alias, show_model
+from medvit.registry.register import register_package
+from medvit.registry.uri import ModelRef, default_tracking_uri, is_model_uri, parse_model_uri
 
-_LAZY = {
-    "default_tracking_uri": "medvit.registry.uri",
-    "is_model_uri": "medvit.registry.uri",
-    "parse_model_uri": "medvit.registry.uri",
-    "ModelRef": "medvit.registry.uri",
-    "register_package": "medvit.registry.register",
-    "set_alias": "medvit.registry.models",
-    "list_models": "medvit.registry.models",
-    "show_model": "medvit.registry.models",
-    "resolve_model_uri": "medvit.registry.cache",
-    "cache_root": "medvit.registry.cache",
-}
-
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'medvit.registry' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__all__ = [
+    "ModelRef",
+    "cache_root",
+    "default_tracking_uri",
+    "is_model_uri",
+    "list_models",
+    "parse_model_uri",
+    "register_package",
+    "resolve_model_uri",
+    "set_alias",
+    "show_model",
+]
