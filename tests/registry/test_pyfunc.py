@@ -109,3 +109,13 @@ def test_bad_request(package_factory, model_name, data, params, message):
     model = mlflow.pyfunc.load_model(f"models:/{model_name}@champion")
     with pytest.raises(Exception, match=message):
         model.predict(data, params=params)
+
+
+@pytest.mark.gpu
+def test_on_cuda_equals_predictor_on_cuda(package_factory, model_name, images):
+    pkg = package_factory("cls2d")
+    register_package(pkg, name=model_name, alias="champion")
+    model = mlflow.pyfunc.load_model(f"models:/{model_name}@champion", model_config={"device": "cuda"})
+    predictor = Predictor(pkg, device="cuda")
+    expected = np.stack([predictor.predict(x).class_probabilities for x in images])
+    np.testing.assert_array_equal(model.predict(images), expected)
