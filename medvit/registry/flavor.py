@@ -11,7 +11,7 @@ An MLflow Model written here is a folder::
 which loads the package into a :class:`medvit.Predictor`; nothing is pickled. ``predict`` takes a batch of
 channel-first images ``(N, C, *spatial)`` (float32) and the ``spacing`` parameter (mm per spatial axis,
 default 1) and returns what :meth:`medvit.Predictor.predict` returns for each image: the label mask on the
-input grid (segmentation, cells) or the class probabilities (classification).
+input grid (segmentation) or the class probabilities (classification), stacked.
 """
 
 from __future__ import annotations
