@@ -6,6 +6,7 @@ loopback ``mlflow server`` in ``test_server.py``), with ``MEDVIT_CACHE`` in the 
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import warnings
@@ -40,10 +41,16 @@ def package_factory(tmp_path_factory):
 def _store(tmp_path_factory, name: str) -> str:
     import mlflow
 
-    uri = f"sqlite:///{tmp_path_factory.mktemp(name) / 'mlruns.db'}"
-    with warnings.catch_warnings():  # SQLAlchemy deprecations inside MLflow's store
-        warnings.simplefilter("ignore")
-        mlflow.MlflowClient(uri).search_experiments()  # creates the tables (the slow part), once
+    folder = tmp_path_factory.mktemp(name)
+    uri = f"sqlite:///{folder / 'mlruns.db'}"
+    cwd = os.getcwd()
+    os.chdir(folder)  # MLflow roots default artifact locations (./mlruns) where the store is first opened
+    try:
+        with warnings.catch_warnings():  # SQLAlchemy deprecations inside MLflow's store
+            warnings.simplefilter("ignore")
+            mlflow.MlflowClient(uri).search_experiments()  # creates the tables (the slow part), once
+    finally:
+        os.chdir(cwd)
     return uri
 
 
