@@ -92,7 +92,7 @@ def inference_spec(cfg: PipelineConfig, spatial_dims: int) -> dict[str, Any]:
     """The package's inference settings: sliding window over the training patch size for 3D."""
     inf = cfg.inference
     mode = inf.mode or ("sliding_window" if spatial_dims == 3 else "whole")
-    roi = inf.roi_size or cfg.transforms.patch_size
+    roi = inf.roi_size or cfg.transforms.resolve(spatial_dims).patch_size
     if mode == "sliding_window" and not roi:
         raise ConfigError("inference.roi_size (or transforms.patch_size) is needed for sliding-window inference")
     if cfg.task.kind == "segmentation":
@@ -341,7 +341,6 @@ def write_package(
 ) -> Path:
     """The run's model package: the trained network, its label map, preprocessing and inference settings."""
     from medvit.package import PackageSpec, save_package
-    from medvit.transforms.presets import preprocess_spec
 
     model_spec = task.model_spec.model_dump(mode="json")
     weights = model_spec["backbone"].get("weights")
@@ -352,7 +351,7 @@ def write_package(
         multi_label=cfg.task.multi_label,
         labels=dm.labels,
         model=model_spec,
-        preprocessing=preprocess_spec(cfg.transforms, spatial_dims=dm.spatial_dims),
+        preprocessing=dm.preprocess,
         inference=inference_spec(cfg, dm.spatial_dims),
         provenance={
             "pipeline": cfg.name,

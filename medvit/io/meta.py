@@ -38,6 +38,8 @@ def make_image(
     from monai.data import MetaTensor
 
     data = np.ascontiguousarray(data)
+    if not data.flags.writeable:  # PIL hands out read-only buffers; torch warns on those
+        data = data.copy()
     if not data.dtype.isnative:  # big-endian files
         data = data.astype(data.dtype.newbyteorder("="))
     if data.dtype in _TORCH_SAFE:  # torch has no full support for wide unsigned integers
