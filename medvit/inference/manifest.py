@@ -69,6 +69,8 @@ def case_record(
             record["class_probabilities"] = prediction.class_scores()
         else:
             record["volumes_ml"] = prediction.volumes_ml
+        if prediction.windows:
+            record["windows"] = prediction.windows
         record["timing_s"] = {k: round(v, 3) for k, v in prediction.timing.items()}
     if outputs is not None:
         record["outputs"] = [p.name for p in outputs]

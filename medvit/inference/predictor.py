@@ -56,6 +56,7 @@ class Prediction:
         probabilities: ``[K, *spatial]`` float32 on the input grid, when asked for.
         class_probabilities: Classification: ``[K]`` probabilities (sigmoid per label when multi-label).
         volumes_ml: 3D segmentation with known spacing: label name -> volume in mL (background left out).
+        windows: Sliding window: ``windows`` (in all) and ``reused`` (constant windows run only once).
         input: Non-identifying facts about the input (:func:`medvit.io.describe`).
         timing: Seconds spent reading, preprocessing, inferring and inverting.
     """
@@ -67,6 +68,7 @@ class Prediction:
     probabilities: np.ndarray | None = None
     class_probabilities: np.ndarray | None = None
     volumes_ml: dict[str, float] | None = None
+    windows: dict[str, int] | None = None
     input: dict[str, Any] = field(default_factory=dict)
     timing: dict[str, float] = field(default_factory=dict)
 
@@ -215,7 +217,7 @@ class Predictor:
             timing["total_s"] = time.perf_counter() - t0
             return result
         label = name or str(grid.meta.get("source", "image"))
-        probs = self._segment(pre, label)
+        probs = self._segment(pre, label, result)
         pre_affine = np.asarray(pre.affine, dtype=np.float64)
         del pre
         timing["infer_s"] = time.perf_counter() - t
@@ -295,7 +297,7 @@ class Predictor:
         return fn(x)[0].cpu().numpy().astype(np.float32)
 
     @torch.inference_mode()
-    def _segment(self, pre, label: str) -> torch.Tensor:
+    def _segment(self, pre, label: str, result: Prediction) -> torch.Tensor:
         """Probabilities ``[K, *S]`` (float32, CPU) on the preprocessed grid."""
         x = pre.as_tensor()
         fn = with_flip_tta(self._probabilities, self.tta_axes)
@@ -303,6 +305,7 @@ class Predictor:
         k = len(self.values)
         if inf.mode == "whole":
             return fn(x[None].to(self.device))[0].cpu()
+        result.windows = {}
         with progress_bar(label, enabled=self.progress) as update:
             out = sliding_window_with_fallback(
                 x,
@@ -314,6 +317,7 @@ class Predictor:
                 blend=inf.blend,
                 device=self.device,
                 progress=update,
+                stats=result.windows,
             )
         return out.cpu()
 

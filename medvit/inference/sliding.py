@@ -6,6 +6,7 @@ roi / 8 as in nnU-Net, Isensee et al., Nature Methods 2021, held at least 1e-3),
 numbers. Unlike MONAI, no full-size map of summed weights is kept: the sums are rebuilt slab by slab when
 the output is normalised in place. Only one float32 volume of outputs ``[K, *S]`` is held, on the stitching
 device; when that device runs out of memory, stitching moves to the CPU (the windows still run on the device).
+Windows holding a single value (air that a CT intensity window clips to its floor) are run once per value.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ WindowFn = Callable[[torch.Tensor], torch.Tensor]
 ProgressFn = Callable[[int, int], None]
 OutOfMemoryError = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 SLAB_BYTES = 32 << 20
+MAX_CACHED = 8  # distinct constant windows kept
 
 
 def window_starts(size: int, roi: int, overlap: float) -> list[int]:
@@ -66,6 +68,13 @@ def _normalise(out: torch.Tensor, starts: list[list[int]], roi: Sequence[int], w
         out[:, a:b].div_(total)
 
 
+def _constant_value(patch: torch.Tensor) -> tuple[float, ...] | None:
+    """The per-channel value of a window holding one value per channel (air clipped by a CT window), else None."""
+    flat = patch.reshape(patch.shape[0], -1)
+    lo, hi = flat.amin(1), flat.amax(1)
+    return tuple(lo.tolist()) if torch.equal(lo, hi) else None
+
+
 def sliding_window(
     image: torch.Tensor,
     fn: WindowFn,
@@ -78,6 +87,8 @@ def sliding_window(
     device: torch.device | str | None = None,
     out_device: torch.device | str | None = None,
     progress: ProgressFn | None = None,
+    reuse_constant: bool = True,
+    stats: dict | None = None,
 ) -> torch.Tensor:
     """Run ``fn`` over windows of ``image`` and blend the outputs into one volume.
 
@@ -92,6 +103,10 @@ def sliding_window(
         device: Where windows run (default: the image's device).
         out_device: Where outputs are stitched (default: ``device``).
         progress: Called with ``(windows done, windows in all)`` after each batch.
+        reuse_constant: Run ``fn`` once per distinct constant window (e.g. air, which a CT intensity window
+            clips to one value) and reuse its output for the others: ``fn`` sees the same input there, so the
+            result is the same, only sooner. ``fn`` must not depend on where the window is.
+        stats: Filled with ``windows`` (in all) and ``reused`` (constant windows not run again).
 
     Returns:
         ``[K, *S]`` float32 on ``out_device``: the weighted mean of the window outputs under each voxel.
@@ -104,6 +119,7 @@ def sliding_window(
         raise ValueError(f"overlap must be in [0, 1), got {overlap}")
     device = torch.device(device) if device is not None else image.device
     out_device = torch.device(out_device) if out_device is not None else device
+    batch_size = max(int(batch_size), 1)
 
     pads = [max(r - s, 0) for r, s in zip(roi, spatial, strict=True)]
     if any(pads):
@@ -112,23 +128,48 @@ def sliding_window(
     padded = tuple(int(s) for s in image.shape[1:])
     starts = [window_starts(s, r, overlap) for s, r in zip(padded, roi, strict=True)]
     weight = importance_map(roi, blend).to(device)
-
     out = torch.zeros((num_outputs, *padded), dtype=torch.float32, device=out_device)
-    windows = list(itertools.product(*starts))
-    total = len(windows)
-    for first in range(0, total, max(int(batch_size), 1)):
-        chunk = windows[first : first + max(int(batch_size), 1)]
-        slices = [tuple(slice(s, s + r) for s, r in zip(start, roi, strict=True)) for start in chunk]
-        batch = torch.stack([image[(slice(None), *sl)] for sl in slices]).to(device, non_blocking=True)
+    total = math.prod(len(s) for s in starts)
+    cache: dict[tuple[float, ...], torch.Tensor] = {}  # constant value -> its weighted output
+    later: list[tuple[tuple[slice, ...], tuple[float, ...]]] = []  # constant windows seen before
+    pending: list[tuple[tuple[slice, ...], tuple[float, ...] | None]] = []
+    done = 0
+
+    def run(batch_windows) -> None:
+        nonlocal done
+        batch = torch.stack([image[(slice(None), *sl)] for sl, _ in batch_windows]).to(device, non_blocking=True)
         pred = fn(batch)
         if pred.shape[1] != num_outputs or tuple(pred.shape[2:]) != roi:
             raise ValueError(f"window function returned {tuple(pred.shape)}, expected (B, {num_outputs}, *{roi})")
         pred = (pred.float() * weight).to(out_device)
-        for i, sl in enumerate(slices):
+        for i, (sl, key) in enumerate(batch_windows):
             out[(slice(None), *sl)] += pred[i]
-        del batch, pred
+            if key is not None:
+                cache[key] = pred[i].clone()
+        done += len(batch_windows)
         if progress is not None:
-            progress(min(first + len(chunk), total), total)
+            progress(done, total)
+
+    for start in itertools.product(*starts):
+        sl = tuple(slice(s, s + r) for s, r in zip(start, roi, strict=True))
+        key = _constant_value(image[(slice(None), *sl)]) if reuse_constant else None
+        if key is not None and (key in cache or any(k == key for _, k in pending)):
+            later.append((sl, key))
+            continue
+        if key is not None and len(cache) >= MAX_CACHED:
+            key = None
+        pending.append((sl, key))
+        if len(pending) == batch_size:
+            run(pending)
+            pending = []
+    if pending:
+        run(pending)
+    for sl, key in later:
+        out[(slice(None), *sl)] += cache[key]
+    if later and progress is not None:
+        progress(total, total)
+    if stats is not None:
+        stats.update(windows=total, reused=len(later))
 
     _normalise(out, starts, roi, weight)
     if any(pads):

@@ -108,6 +108,28 @@ def test_batch_size_and_progress():
     assert calls == [(5, 12), (10, 12), (12, 12)]  # 4 x 3 windows, 5 per batch
 
 
+def test_constant_windows_run_once():
+    """Air clipped to one value: each distinct constant window is run once and its output reused, with the
+    same result as running every window."""
+    fn = _net(3)
+    calls = []
+
+    def counting(x):
+        calls.append(x.shape[0])
+        return fn(x)
+
+    image = torch.zeros(1, 40, 36, 20)
+    image[:, 24:, 20:] = torch.randn(1, 16, 16, 20)  # one corner holds tissue, the rest is 'air'
+    image[:, :8, :8] = 0.5  # a second constant value, inside windows that also hold zeros
+    with torch.no_grad():
+        stats = {}
+        ours = sliding_window(image, counting, roi_size=(8, 8, 8), num_outputs=3, batch_size=4, stats=stats)
+        every = sliding_window(image, fn, roi_size=(8, 8, 8), num_outputs=3, batch_size=4, reuse_constant=False)
+    torch.testing.assert_close(ours, every)
+    assert stats["windows"] == 9 * 8 * 4 and stats["reused"] > 100
+    assert sum(calls) == stats["windows"] - stats["reused"]
+
+
 def test_bad_arguments():
     fn = _net(2)
     with pytest.raises(ValueError, match="roi_size"):

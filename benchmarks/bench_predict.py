@@ -1,0 +1,296 @@
+"""Whole ``medvit predict`` against MONAI's ``sliding_window_inference`` on a CT-like volume.
+
+One run builds the quick-start network (``pipelines/quickstart.yaml``: 3D ViT-Ti, 8^3 patches, embed 96,
+depth 4, 3 heads, UNETR feature size 16, window 48x48x32 at 1.5 x 1.5 x 2 mm, HU window -175..250; random
+weights seeded, or ``--package`` for a trained one), writes a 256x256x160 CT-like NIfTI (int16, LPS, 1.5 x 1.5 x
+2 mm) and then, each in its own child process so that memory figures are independent:
+
+* **MONAI fp32**: read and preprocess (not timed), then ``sliding_window_inference`` (Gaussian, same window,
+  overlap and windows per batch) timed alone; peak RSS read right after it.
+* **medvit**: ``Predictor(...).predict(path)`` and the NIfTI written: read, preprocess, sliding window,
+  inversion to the input grid, write, all timed; peak RSS at the end. Precision ``auto`` by default (bf16
+  autocast where the CPU or GPU does bf16 natively).
+
+It prints the times (minimum and median over ``--repeat`` runs, the runs alternating), medvit / MONAI, peak
+RSS of each (and above the process's RSS once torch, MONAI and the model were loaded), and the Dice of
+medvit's mask against MONAI's fp32 mask (taken back to the input grid with MONAI's ``Invertd``).
+
+    python benchmarks/bench_predict.py [--shape 256 256 160] [--threads 2] [--repeat 1] [--json out.json]
+    python benchmarks/bench_predict.py --shape 128 128 80 --repeat 1   # a quick look
+
+Targets (issue #6): medvit's whole predict at most 0.5x MONAI's fp32 inference alone, Dice >= 0.99,
+peak memory at most 1.2x MONAI's. Not a test: run it by hand on the machine you care about.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def quickstart_spec(args) -> dict:
+    roi = list(args.roi)
+    return dict(
+        name="quickstart_bench",
+        task="segmentation",
+        labels={0: "background", 1: "liver_like", 2: "kidney_like"},
+        model=dict(
+            backbone=dict(
+                name="vit_tiny_patch8_3d",
+                img_size=roi,
+                options=dict(embed_dim=args.embed_dim, depth=args.depth, num_heads=args.heads),
+            ),
+            head=dict(name="unetr", options=dict(feature_size=args.feature_size)),
+            num_classes=3,
+        ),
+        preprocessing=dict(
+            spatial_dims=3,
+            in_channels=1,
+            orientation="RAS",
+            spacing=[1.5, 1.5, 2.0],
+            intensity=dict(kind="window", a_min=-175, a_max=250),
+        ),
+        inference=dict(mode="sliding_window", roi_size=roi, overlap=args.overlap, sw_batch_size=args.batch_size),
+    )
+
+
+def ct_like(path: Path, shape, spacing, seed: int = 0) -> None:
+    """A CT-like volume in HU: air, an elliptic body, lungs, a liver-like and two kidney-like organs, a spine."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(seed)
+    x, y, z = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    c = np.array(shape) / 2
+    vol = np.full(shape, -1000, np.int16)
+
+    def ell(centre, radii):
+        return ((x - centre[0]) / radii[0]) ** 2 + ((y - centre[1]) / radii[1]) ** 2 + (
+            (z - centre[2]) / radii[2]
+        ) ** 2 <= 1
+
+    body = ((x - c[0]) / (0.42 * shape[0])) ** 2 + ((y - c[1]) / (0.32 * shape[1])) ** 2 <= 1
+    body = np.broadcast_to(body, shape)
+    vol[body] = 40
+    sx, sy, sz = shape
+    for side in (-1, 1):
+        lung = ell((c[0] + side * 0.2 * sx, c[1], 0.75 * sz), (0.13 * sx, 0.2 * sy, 0.3 * sz))
+        vol[lung & body] = -850
+        kidney = ell((c[0] + side * 0.18 * sx, c[1] + 0.12 * sy, 0.35 * sz), (0.05 * sx, 0.04 * sy, 0.08 * sz))
+        vol[kidney & body] = 160
+    liver = ell((c[0] - 0.12 * sx, c[1] - 0.02 * sy, 0.45 * sz), (0.17 * sx, 0.15 * sy, 0.18 * sz))
+    vol[liver & body] = 60
+    spine = ((x - c[0]) / (0.04 * shape[0])) ** 2 + ((y - c[1] - 0.2 * shape[1]) / (0.04 * shape[1])) ** 2 <= 1
+    vol[np.broadcast_to(spine, shape)] = 700
+    for k in range(shape[2]):  # noise slice by slice (keeps the parent small)
+        vol[:, :, k] += (rng.normal(0, 20, shape[:2]) * body[:, :, k]).astype(np.int16)
+    affine = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])  # LPS, as DICOM-derived NIfTI often is
+    affine[:3, 3] = [c[0] * spacing[0], c[1] * spacing[1], -c[2] * spacing[2]]
+    nib.save(nib.Nifti1Image(vol, affine), str(path))
+
+
+def _peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def child_monai(cfg: dict) -> dict:
+    import torch
+    from monai.data import MetaTensor
+    from monai.inferers import sliding_window_inference
+    from monai.transforms import Compose, Invertd
+
+    from medvit.io import read_image
+    from medvit.package import load_package
+    from medvit.transforms import preprocess_transforms
+
+    torch.set_num_threads(cfg["threads"])
+    package = load_package(cfg["package"])
+    net = package.build()
+    inf = package.spec.inference
+    transform = Compose(preprocess_transforms(package.spec.preprocessing))
+    base = _rss_mb()
+    pre = transform({"image": read_image(cfg["volume"])})["image"]
+    x = pre.as_tensor()[None]
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        logits = sliding_window_inference(
+            x, inf.roi_size, inf.sw_batch_size, net, overlap=inf.overlap, mode="gaussian"
+        )
+        seconds = time.perf_counter() - t0
+    peak = _peak_rss_mb()
+    if cfg.get("mask"):  # not timed: the fp32 mask on the input grid, through MONAI's own inversion
+        probs = MetaTensor(logits[0].softmax(0), meta=dict(pre.meta))
+        probs.applied_operations = list(pre.applied_operations)
+        back = Invertd("pred", transform=transform, orig_keys="image", nearest_interp=False)(
+            {"pred": probs, "image": pre}
+        )["pred"]
+        np.save(cfg["mask"], np.asarray(back.argmax(0)).astype(np.uint8))
+    return {"seconds": seconds, "peak_mb": peak, "base_mb": base, "shape": list(x.shape[2:])}
+
+
+def child_medvit(cfg: dict) -> dict:
+    import torch
+
+    from medvit import Predictor
+    from medvit.inference.outputs import write_outputs
+
+    torch.set_num_threads(cfg["threads"])
+    t0 = time.perf_counter()
+    predictor = Predictor(
+        cfg["package"], device=cfg["device"], precision=cfg["precision"], batch_size=cfg["batch"]
+    )
+    load = time.perf_counter() - t0
+    base = _rss_mb()
+    t0 = time.perf_counter()
+    pred = predictor.predict(cfg["volume"])
+    t1 = time.perf_counter()
+    write_outputs(pred, cfg["out"], "case", ["nifti"])
+    seconds = time.perf_counter() - t0
+    return {
+        "seconds": seconds,
+        "peak_mb": _peak_rss_mb(),
+        "base_mb": base,
+        "load_s": load,
+        "stages_s": {
+            **{k: round(v, 2) for k, v in pred.timing.items()},
+            "write_s": round(time.perf_counter() - t1, 2),
+        },
+        "precision": predictor.precision,
+        "windows": pred.windows,
+        "device": str(predictor.device),
+    }
+
+
+def run_child(kind: str, cfg: dict) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", kind, json.dumps(cfg)], capture_output=True, text=True, check=False
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"{kind} child failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def dice(a: np.ndarray, b: np.ndarray, label: int) -> float:
+    x, y = a == label, b == label
+    total = int(x.sum()) + int(y.sum())
+    return 1.0 if total == 0 else 2.0 * int((x & y).sum()) / total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shape", type=int, nargs=3, default=[256, 256, 160], help="volume size (voxels)")
+    parser.add_argument("--spacing", type=float, nargs=3, default=[1.5, 1.5, 2.0], help="volume spacing (mm)")
+    parser.add_argument("--roi", type=int, nargs=3, default=[48, 48, 32], help="window (quick start: 48 48 32)")
+    parser.add_argument("--embed-dim", type=int, default=96)
+    parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--heads", type=int, default=3)
+    parser.add_argument("--feature-size", type=int, default=16)
+    parser.add_argument("--overlap", type=float, default=0.5)
+    parser.add_argument("--batch-size", type=int, default=2, help="windows per forward pass (MONAI and medvit)")
+    parser.add_argument("--medvit-batch-size", type=int, default=None, help="medvit's own, if different")
+    parser.add_argument("--precision", default="auto", help="medvit precision: auto, 32 or bf16")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads in both (default: torch's)")
+    parser.add_argument("--repeat", type=int, default=1, help="alternating runs of each")
+    parser.add_argument("--package", help="a trained package instead of the seeded random quick-start network")
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        kind, cfg = args.child
+        result = (child_monai if kind == "monai" else child_medvit)(json.loads(cfg))
+        print(json.dumps(result))
+        return
+
+    import torch
+
+    threads = args.threads or torch.get_num_threads()
+    work = Path(tempfile.mkdtemp(prefix="bench_predict."))
+    if args.package:
+        package = Path(args.package)
+    else:
+        from medvit.models import build_model
+        from medvit.package import PackageSpec, save_package
+
+        spec = PackageSpec.model_validate(quickstart_spec(args))
+        torch.manual_seed(0)
+        package = save_package(build_model(spec.model), spec, work / "package")
+    volume = work / "ct.nii.gz"
+    ct_like(volume, tuple(args.shape), tuple(args.spacing))
+    cfg = {"package": str(package), "volume": str(volume), "threads": threads}
+    from medvit.inference.device import cpu_has_bf16
+
+    print(
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, cpu bf16 {cpu_has_bf16()}, "
+        f"threads {threads}, volume {'x'.join(map(str, args.shape))} at {args.spacing} mm, window "
+        f"{'x'.join(map(str, args.roi))}, overlap {args.overlap}, batch {args.batch_size}, repeat {args.repeat}"
+    )
+    runs: dict[str, list[dict]] = {"monai": [], "medvit": []}
+    for i in range(args.repeat):
+        runs["monai"].append(run_child("monai", {**cfg, "mask": str(work / "monai_mask.npy") if i == 0 else None}))
+        print(f"  MONAI fp32 run {i + 1}: {runs['monai'][-1]['seconds']:.1f} s", flush=True)
+        medvit_cfg = {**cfg, "device": args.device, "precision": args.precision, "out": str(work / "out"),
+                      "batch": args.medvit_batch_size or args.batch_size}  # fmt: skip
+        runs["medvit"].append(run_child("medvit", medvit_cfg))
+        print(
+            f"  medvit run {i + 1}: {runs['medvit'][-1]['seconds']:.1f} s {runs['medvit'][-1]['stages_s']}",
+            flush=True,
+        )
+
+    import nibabel as nib
+
+    ours = np.asarray(nib.load(str(work / "out" / "case.nii.gz")).dataobj)
+    ref = np.load(work / "monai_mask.npy")
+    dices = {label: dice(ours, ref, label) for label in (1, 2)}
+    t = {k: (min(r["seconds"] for r in v), statistics.median(r["seconds"] for r in v)) for k, v in runs.items()}
+    peak = {k: max(r["peak_mb"] for r in v) for k, v in runs.items()}
+    base = {k: min(r["base_mb"] for r in v) for k, v in runs.items()}
+    ratio = t["medvit"][0] / t["monai"][0]
+    mem_ratio = peak["medvit"] / peak["monai"]
+    m = runs["medvit"][0]
+    print(f"{'':<34} {'min s':>8} {'median s':>9} {'peak RSS MB':>12} {'above loaded MB':>16}")
+    print(f"{'MONAI sliding_window_inference fp32':<34} {t['monai'][0]:>8.1f} {t['monai'][1]:>9.1f} "
+          f"{peak['monai']:>12.0f} {peak['monai'] - base['monai']:>16.0f}")  # fmt: skip
+    name = f"medvit predict ({m['precision']}, file to file)"
+    print(f"{name:<34} {t['medvit'][0]:>8.1f} {t['medvit'][1]:>9.1f} "
+          f"{peak['medvit']:>12.0f} {peak['medvit'] - base['medvit']:>16.0f}")  # fmt: skip
+    print(f"medvit / MONAI time: {ratio:.2f} (target <= 0.50: {'met' if ratio <= 0.5 else 'NOT met'})")
+    print(
+        f"medvit / MONAI peak memory: {mem_ratio:.2f} (target <= 1.20: {'met' if mem_ratio <= 1.2 else 'NOT met'})"
+    )
+    dice_text = ", ".join(f"label {k} {v:.4f}" for k, v in dices.items())
+    met = "met" if min(dices.values()) >= 0.99 else "NOT met"
+    print(f"Dice medvit vs MONAI fp32 mask: {dice_text} (target >= 0.99: {met})")
+    w = m["windows"] or {}
+    print(f"medvit windows: {w.get('windows')}, constant ones run once: {w.get('reused')} (reused, not run again)")
+    print(f"medvit model load {m['load_s']:.1f} s (not in the time above); voxels labelled 1/2: "
+          f"{int((ours == 1).sum())}/{int((ours == 2).sum())} of {ours.size}")  # fmt: skip
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "runs": runs, "dice": dices, "ratio": ratio,
+                                               "memory_ratio": mem_ratio}, indent=2))  # fmt: skip
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    main()
