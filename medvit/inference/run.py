@@ -39,9 +39,14 @@ def plan_cases(
 
     Raises:
         InputError: No input, or a folder with no cases.
-        ConfigError: DICOM-SEG asked for an input that is not DICOM.
+        ConfigError: DICOM-SEG asked for an input that is not DICOM, or an output would overwrite an input.
     """
     cases = discover_cases(input_path, series=series, exclude=[Path(outdir)])
+    inputs = {case.path.resolve() for case in cases}
+    for case in cases:
+        for file in output_files(case.name, output_types, spatial_dims=3, probabilities=False).values():
+            if (Path(outdir) / file).resolve() in inputs:
+                raise ConfigError(f"-o {outdir}: {file} would overwrite an input; choose another output folder")
     if "dicom-seg" in output_types:
         for case in cases:
             if case.kind != "dicom":

@@ -315,3 +315,16 @@ def test_bad_input_one_line_exit_2_nothing_written(name, tmp_path, bright_packag
     assert re.search(message, lines[0]), lines[0]
     assert "Traceback" not in result.output
     assert _no_files(out)
+
+
+def test_output_folder_must_not_overwrite_inputs(tmp_path, bright_package):
+    folder = tmp_path / "cases"
+    folder.mkdir()
+    data = _ball_nifti(folder / "c.nii.gz")
+    result = run("predict", "-i", folder, "-o", folder, "-m", bright_package())
+    assert result.exit_code == 2
+    assert result.stderr.strip().endswith("c.nii.gz would overwrite an input; choose another output folder")
+    import nibabel as nib
+
+    np.testing.assert_array_equal(np.asarray(nib.load(folder / "c.nii.gz").dataobj), data)
+    assert sorted(p.name for p in folder.iterdir()) == ["c.nii.gz"]
