@@ -454,17 +454,17 @@ def predict(
     ],
     device: Annotated[str, typer.Option("--device", help="auto (CUDA if present), cpu, cuda or cuda:N.")] = "auto",
     overlap: Annotated[
-        float | None, typer.Option("--overlap", help="Sliding-window overlap [default: the package's, 0.5].")
+        float | None, typer.Option("--overlap", help="Sliding-window overlap (default: the package's, 0.5).")
     ] = None,
     batch_size: Annotated[
-        int | None, typer.Option("--batch-size", help="Windows per forward pass [default: the package's].")
+        int | None, typer.Option("--batch-size", help="Windows per forward pass (default: the package's).")
     ] = None,
     tta: Annotated[bool, typer.Option("--tta/--no-tta", help="Flip-mirroring TTA on the package's axes.")] = False,
     output_type: Annotated[
         str | None,
         typer.Option(
             "--output-type",
-            help="Comma-separated nifti,dicom-seg,png,json [default: nifti (3D), png (2D), json (classes)]; "
+            help="Comma-separated nifti,dicom-seg,png,json (default: nifti for 3D, png for 2D, json for classes); "
             "a <case>.json with labels and volumes is always written.",
         ),
     ] = None,
