@@ -43,6 +43,8 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         from medvit.errors import MedvitError, MedvitWarning
 
         warnings.showwarning = _show_warning
+        warnings.simplefilter("ignore", DeprecationWarning)  # libraries' notices to developers, not users
+        warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("always", MedvitWarning)  # one line per case, even for repeated inputs
         try:
             return fn(*args, **kwargs)

@@ -143,16 +143,11 @@ def build_trainer(cfg: PipelineConfig, *, run_dir: Path, logger, extra_callbacks
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 
     t = cfg.trainer
-    ckpt = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
-        filename="best",
-        monitor=cfg.monitor(),
-        mode=t.monitor_mode,
-        save_last=True,
-        save_top_k=1,
-        enable_version_counter=False,
-    )
-    callbacks: list = [ckpt, *extra_callbacks]
+    common = dict(dirpath=run_dir / "checkpoints", enable_version_counter=False, save_on_train_epoch_end=True)
+    best = ModelCheckpoint(filename="best", monitor=cfg.monitor(), mode=t.monitor_mode, save_top_k=1, **common)
+    # "last" by its own callback: Lightning saves save_last only on epochs that improved the monitor
+    last = ModelCheckpoint(filename="last", monitor=None, save_top_k=1, every_n_epochs=1, **common)
+    callbacks: list = [best, last, *extra_callbacks]  # the first is trainer.checkpoint_callback
     if logger is not None:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     if t.progress == "rich":
@@ -215,8 +210,9 @@ def _new_run_dir(cfg: PipelineConfig) -> Path:
 
 
 def _quiet_libraries() -> None:
-    for name in ("alembic", "mlflow", "urllib3", "lightning.pytorch.utilities.rank_zero"):
+    for name in ("alembic", "mlflow", "urllib3"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("lightning.pytorch.loggers.mlflow").setLevel(logging.ERROR)  # "Creating experiment"
 
 
 def run_pipeline(

@@ -151,7 +151,7 @@ class MedvitDataModule(L.LightningDataModule):
             split=split,
             spatial_dims=self.spatial_dims,
             label_remap=getattr(self.card.layout, "label_remap", None),
-            num_classes=self.num_classes if self.multilabel else None,
+            num_classes=self.num_classes,
         )
 
     def prepare_data(self) -> None:

@@ -204,7 +204,8 @@ def build_transforms(
         split: ``train`` (cropping and augmentation), ``val`` or ``test`` (deterministic; 3D volumes whole).
         spatial_dims: 2 or 3.
         label_remap: The card's stored value -> class mapping for label images (REFUGE).
-        num_classes: Multi-label classification only: the number of classes of the multi-hot target.
+        num_classes: Classes of the task: the multi-hot size for multi-label classification (required
+            there), and class-balanced crop centres for segmentation.
 
     Returns:
         A :class:`monai.transforms.Compose`; seed it with ``set_random_state(seed)``.
@@ -226,21 +227,38 @@ def build_transforms(
         preprocess_spec(spec, spatial_dims=spatial_dims), keys=["image"], label_keys=labels
     )
     if split == "train":
-        chain += _crop(spec, task, spatial_dims, labels)
+        chain += _crop(spec, task, labels, num_classes)
         if spec.augment:
             chain += _augment(spec, task, spatial_dims, labels)
     chain += _outputs(task, spatial_dims, num_classes if multilabel else None)
     return Compose(chain)
 
 
-def _crop(spec: TransformsSpec, task: str, spatial_dims: int, labels: list[str]) -> list:
-    from monai.transforms import RandCropByPosNegLabeld, RandSpatialCropd, SpatialPadd
+def _crop(spec: TransformsSpec, task: str, labels: list[str], num_classes: int | None) -> list:
+    """Pad to the patch, then crop: segmentation crops are centred on a foreground voxel with probability
+    ``pos_fraction``, split evenly over the foreground classes when their number is known (nnU-Net-style
+    oversampling, so that small organs are seen as often as large ones)."""
+    from monai.transforms import RandCropByLabelClassesd, RandCropByPosNegLabeld, RandSpatialCropd, SpatialPadd
 
     if spec.patch_size is None:
         return []
     keys = ["image", *labels]
     pad = SpatialPadd(keys, spatial_size=spec.patch_size)
-    if task == "segmentation":
+    # CT: background centres inside the body (air maps to 0 after the window)
+    body = dict(image_key="image" if spec.preset == "ct" else None, image_threshold=0.0)
+    if task == "segmentation" and num_classes is not None and num_classes > 2:
+        fg = spec.pos_fraction / (num_classes - 1)
+        crop = RandCropByLabelClassesd(
+            keys,
+            label_key="label",
+            spatial_size=spec.patch_size,
+            ratios=[1.0 - spec.pos_fraction] + [fg] * (num_classes - 1),
+            num_classes=num_classes,
+            num_samples=spec.samples_per_volume,
+            warn=False,
+            **body,
+        )
+    elif task == "segmentation":
         crop = RandCropByPosNegLabeld(
             keys,
             label_key="label",
@@ -248,8 +266,7 @@ def _crop(spec: TransformsSpec, task: str, spatial_dims: int, labels: list[str])
             pos=spec.pos_fraction,
             neg=1.0 - spec.pos_fraction,
             num_samples=spec.samples_per_volume,
-            image_key="image" if spec.preset == "ct" else None,  # CT: negatives inside the body (air maps to 0)
-            image_threshold=0.0,
+            **body,
         )
     else:
         crop = RandSpatialCropd(keys, roi_size=spec.patch_size, random_size=False)
