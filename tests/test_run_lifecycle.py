@@ -84,7 +84,10 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path):
     assert (run_dir / "package" / "medvit.yaml").is_file()
     final = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     steps_per_epoch = killed_at["global_step"] // (killed_at["epoch"] + 1)
-    assert (final["epoch"], final["global_step"]) == (7, 8 * steps_per_epoch), (killed_at["epoch"], killed_at["global_step"])
+    assert (final["epoch"], final["global_step"]) == (7, 8 * steps_per_epoch), (
+        killed_at["epoch"],
+        killed_at["global_step"],
+    )
     assert final["global_step"] == 8 * steps_per_epoch  # continued, not restarted
     assert final["optimizer_states"][0]["state"]  # optimiser state carried
     # one MLflow run, continued and finished
@@ -116,3 +119,22 @@ def test_ddp_on_two_cpu_processes_logs_one_run(tmp_path):
     runs = client.search_runs([experiments[0].experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert (run_dirs[0] / "package" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_quickstart_as_shipped_reaches_dice_above_0_7(tmp_path):
+    """The README's main job, unchanged: trains, logs to mlruns.db, writes a package; Dice > 0.7."""
+    import mlflow
+
+    out = subprocess.run(
+        [MEDVIT, "run", str(QUICKSTART), "trainer.progress=none"],
+        cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=1500,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    lines = dict(line.split(None, 1) for line in out.stdout.splitlines() if line.startswith(("val/", "test/")))
+    assert float(lines["val/dice"]) > 0.7 and float(lines["test/dice"]) > 0.7, out.stdout
+    run_dir = next((tmp_path / "runs" / "quickstart").iterdir())
+    assert (run_dir / "package" / "medvit.yaml").is_file()
+    info = json.loads((run_dir / "run.json").read_text())
+    run = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}").get_run(info["mlflow_run_id"])
+    assert run.data.metrics["val/dice"] > 0.7 and run.data.params["trainer.max_epochs"] == "15"

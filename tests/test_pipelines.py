@@ -1,0 +1,152 @@
+"""Every shipped pipeline validates and runs a few steps on its synthetic set; bad pipelines fail before
+anything is written; the resolved config, params and metrics reach MLflow."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from medvit.cli import app
+from medvit.errors import ConfigError
+from medvit.pipeline import load_pipeline
+
+REPO = Path(__file__).resolve().parent.parent
+PIPELINES = sorted((REPO / "pipelines").glob("*.yaml"))
+
+# pipeline -> the synthetic card it runs against, and input-size overrides that keep a CPU smoke run small
+SYNTHETIC = {
+    "quickstart": ("synthetic_ct", []),
+    "retfound_cls": ("synthetic_cls", ["transforms.resize=[32,32]"]),
+    "urfound_cls": ("synthetic_cls", ["transforms.resize=[32,32]"]),
+    "lora_retfound_cls": ("synthetic_cls", ["transforms.resize=[32,32]"]),
+    "dinov3_linear_cls": ("synthetic_cls", ["transforms.resize=[32,32]"]),
+    "funduseg_refuge": ("synthetic_fundus", ["transforms.resize=[64,64]", "model.backbone.img_size=[32,32]"]),
+    "dinov3_linear_seg": ("synthetic_fundus", ["transforms.resize=[64,64]"]),
+    "cellvta_pannuke": ("synthetic_cells", ["transforms.resize=[64,64]", "model.backbone.img_size=[64,64]"]),
+    "hiendmae_btcv": ("synthetic_ct", ["transforms.patch_size=[48,48,48]", "model.backbone.img_size=[48,48,48]"]),
+}
+CPU = ["trainer.accelerator=cpu", "trainer.devices=1", "trainer.precision=32", "trainer.progress=none"]
+TINY = [
+    "model.backbone.weights=null",
+    "model.backbone.options.embed_dim=48",
+    "model.backbone.options.depth=4",
+    "model.backbone.options.num_heads=2",
+    "data.num_workers=0",
+    "data.batch_size=2",
+]
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    """Runs write their folders, mlruns.db and synthetic sets under tmp_path."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MEDVIT_CACHE", str(Path(__file__).parent.parent / ".pytest_cache" / "medvit"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MEDVIT_RUN_DIR", raising=False)
+
+
+def test_every_pipeline_is_listed_here():
+    assert {p.stem for p in PIPELINES} == set(SYNTHETIC)
+
+
+@pytest.mark.parametrize("path", PIPELINES, ids=lambda p: p.stem)
+def test_pipeline_validates(path):
+    cfg, resolved = load_pipeline(path)
+    assert cfg.name == path.stem
+    assert resolved["data"]["card"] == cfg.data.card
+
+
+@pytest.mark.parametrize("path", PIPELINES, ids=lambda p: p.stem)
+def test_pipeline_runs_on_its_synthetic_set(path, tmp_path):
+    from medvit.engine import run_pipeline
+    from medvit.package import load_package
+
+    card, extra = SYNTHETIC[path.stem]
+    overrides = [f"data.card={card}", *CPU, *TINY, *extra, "trainer.fast_dev_run=2", "tracking.enabled=false"]
+    result = run_pipeline(path, overrides)
+    assert (result.run_dir / "config.yaml").is_file()
+    pkg = load_package(result.package)
+    assert pkg.spec.provenance["data_card"] == card
+    assert pkg.build() is not None
+
+
+def _run(args):
+    return CliRunner().invoke(app, ["run", *args])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.backbone.nmae=x"], "model.backbone.nmae: unknown key"),
+        (["trainer.max_epochs=many"], "trainer.max_epochs: Input should be a valid integer"),
+        (["task.kind=detection"], "task.kind"),
+        (["model.backbone.name=vit_huge_nope"], "vit_huge_nope"),
+        (["model.backbone.weights=/nonexistent/weights.pth"], "/nonexistent/weights.pth"),
+        (["data.card=no_such_card"], "no_such_card"),
+        (["defaults=[trainer/none]"], "no config fragment 'trainer/none'"),
+        (["model.head.options.bogus=1"], "bogus"),
+        (["transforms.preset=xray"], "transforms.preset"),
+    ],
+)
+def test_bad_pipeline_fails_before_anything_is_written(tmp_path, overrides, message):
+    result = _run([str(REPO / "pipelines" / "quickstart.yaml"), *overrides])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert "Traceback" not in result.output and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlruns.db").exists()
+
+
+def test_missing_data_root_is_named(tmp_path):
+    result = _run([str(REPO / "pipelines" / "funduseg_refuge.yaml"), "data.root=/nonexistent/refuge", *CPU])
+    assert result.exit_code == 2 and "/nonexistent/refuge" in result.stderr, result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_card_that_does_not_match_its_files(tmp_path):
+    root = tmp_path / "refuge"
+    (root / "Images").mkdir(parents=True)
+    (root / "Images" / "notes.txt").write_text("not an image")
+    result = _run([str(REPO / "pipelines" / "funduseg_refuge.yaml"), f"data.root={root}", *CPU])
+    assert result.exit_code == 2 and str(root) in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unset_environment_variable_names_the_key(tmp_path):
+    pipeline = tmp_path / "p.yaml"
+    data = yaml.safe_load((REPO / "pipelines" / "quickstart.yaml").read_text())
+    data["data"]["root"] = "${MEDVIT_TEST_UNSET_ROOT}"
+    pipeline.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"data\.root: environment variable MEDVIT_TEST_UNSET_ROOT is not set"):
+        load_pipeline(pipeline)
+
+
+def test_check_flag_validates_without_training(tmp_path):
+    result = _run([str(REPO / "pipelines" / "quickstart.yaml"), "--check"])
+    assert result.exit_code == 0, result.output
+    assert "ok:" in result.output and not (tmp_path / "runs").exists()
+
+
+def test_run_logs_config_params_metrics_and_package_to_mlflow(tmp_path):
+    import mlflow
+
+    overrides = [*CPU, *TINY, "trainer.max_epochs=1", "trainer.check_val_every_n_epoch=1", "data.limit_cases=6"]
+    result = _run([str(REPO / "pipelines" / "quickstart.yaml"), *overrides])
+    assert result.exit_code == 0, result.output
+    assert "model package:" in result.output and "medvit predict -m" in result.output
+    run_dir = next((tmp_path / "runs" / "quickstart").iterdir())
+    info = json.loads((run_dir / "run.json").read_text())
+    client = mlflow.MlflowClient(tracking_uri="sqlite:///mlruns.db")
+    run = client.get_run(info["mlflow_run_id"])
+    assert run.data.params["model.backbone.name"] == "vit_tiny_patch8_3d"
+    assert "val/dice" in run.data.metrics and "test/dice" in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "package", "data_card", "metrics.json"} <= artifacts
+    logged = yaml.safe_load(
+        Path(client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))).read_text()
+    )
+    assert logged == yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert run.info.status == "FINISHED"
