@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 quickstart: $(STAMP)
-	$(BIN)/medvit --help
+	$(BIN)/medvit run pipelines/quickstart.yaml
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -309,7 +309,7 @@ def run(
         return
     typer.echo("")
     for key in sorted(result.metrics):
-        if key.startswith(("val/", "test/")):
+        if key.startswith(("val/", "test/", "best/")):
             typer.echo(f"{key:<28} {result.metrics[key]:.4f}")
     typer.echo(f"run folder:     {result.run_dir}")
     if result.mlflow_run_id:

@@ -280,12 +280,15 @@ def run_pipeline(
     trainer = build_trainer(cfg, run_dir=run_dir, logger=logger)
     trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
 
+    metrics = _scalars(trainer.callback_metrics)  # the last validation
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if best and trainer.checkpoint_callback.best_model_score is not None:
+        metrics[f"best/{cfg.monitor()}"] = float(trainer.checkpoint_callback.best_model_score)
     if cfg.trainer.test and not cfg.trainer.fast_dev_run:
         trainer.test(task, datamodule=dm, ckpt_path=best or None, verbose=False)
+        metrics.update(_scalars(trainer.callback_metrics))
     elif best:
         _load_weights(task, best)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
     result = RunResult(run_dir=run_dir, package=None, metrics=metrics, tracking_uri=uri)
     if not trainer.is_global_zero:
         return result
@@ -304,6 +307,10 @@ def run_pipeline(
                 run_id=logger.run_id,
             )  # fmt: skip
     return result
+
+
+def _scalars(metrics: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
 
 
 def card_name(cfg: PipelineConfig) -> str:
@@ -354,7 +361,7 @@ def write_package(
             "data_card": card_name(cfg),
             "mlflow_run_id": mlflow_run_id,
             "backbone_weights": Path(str(weights)).name if isinstance(weights, str) else None,
-            "metrics": {k: v for k, v in metrics.items() if k.startswith(("val/", "test/"))},
+            "metrics": {k: v for k, v in metrics.items() if k.startswith(("val/", "test/", "best/"))},
         },
     )
     return save_package(task.model, spec, run_dir / "package", overwrite=True)
