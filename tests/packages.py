@@ -10,6 +10,15 @@ from medvit.models import build_model
 from medvit.package import PackageSpec, save_package
 
 _TINY = dict(embed_dim=48, depth=4, num_heads=2)
+# photographs: /255, ImageNet mean/std, resized to the network input
+PHOTO = dict(
+    spatial_dims=2,
+    in_channels=3,
+    intensity=dict(kind="scale", scale=255),
+    mean=[0.485, 0.456, 0.406],
+    std=[0.229, 0.224, 0.225],
+    resize=[64, 64],
+)
 
 SPECS = {
     "seg3d": dict(
@@ -41,14 +50,7 @@ SPECS = {
             head=dict(name="linear_seg", options={}),
             num_classes=3,
         ),
-        preprocessing=dict(
-            spatial_dims=2,
-            in_channels=3,
-            intensity=dict(kind="scale", scale=255),
-            mean=[0.485, 0.456, 0.406],
-            std=[0.229, 0.224, 0.225],
-            resize=[64, 64],
-        ),
+        preprocessing=PHOTO,
         inference=dict(mode="whole", tta_axes=[1]),
     ),
     "cls2d": dict(
@@ -62,14 +64,7 @@ SPECS = {
             head=dict(name="linear", options={}),
             num_classes=3,
         ),
-        preprocessing=dict(
-            spatial_dims=2,
-            in_channels=3,
-            intensity=dict(kind="scale", scale=255),
-            mean=[0.485, 0.456, 0.406],
-            std=[0.229, 0.224, 0.225],
-            resize=[64, 64],
-        ),
+        preprocessing=PHOTO,
         inference=dict(mode="whole"),
     ),
 }
