@@ -2,7 +2,8 @@
 
 One run builds the quick-start network (``pipelines/quickstart.yaml``: 3D ViT-Ti, 8^3 patches, embed 96,
 depth 4, 3 heads, UNETR feature size 16, window 48x48x32 at 1.5 x 1.5 x 2 mm, HU window -175..250; random
-weights seeded, or ``--package`` for a trained one), writes a 256x256x160 CT-like NIfTI (int16, LPS, 1.5 x 1.5 x
+weights seeded, ``--checkpoint`` for the weights of a ``medvit run pipelines/quickstart.yaml`` run, or
+``--package`` for any package), writes a 256x256x160 CT-like NIfTI (int16, LPS, 1.5 x 1.5 x
 2 mm) and then, each in its own child process so that memory figures are independent:
 
 * **MONAI fp32**: read and preprocess (not timed), then ``sliding_window_inference`` (Gaussian, same window,
@@ -17,6 +18,7 @@ medvit's mask against MONAI's fp32 mask (taken back to the input grid with MONAI
 
     python benchmarks/bench_predict.py [--shape 256 256 160] [--threads 2] [--repeat 1] [--json out.json]
     python benchmarks/bench_predict.py --shape 128 128 80 --repeat 1   # a quick look
+    python benchmarks/bench_predict.py --checkpoint runs/quickstart/<run>/checkpoints/best.ckpt  # trained weights
 
 Targets (issue #6): medvit's whole predict at most 0.5x MONAI's fp32 inference alone, Dice >= 0.99,
 peak memory at most 1.2x MONAI's. Not a test: run it by hand on the machine you care about.
@@ -214,6 +216,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads in both (default: torch's)")
     parser.add_argument("--repeat", type=int, default=1, help="alternating runs of each")
     parser.add_argument("--package", help="a trained package instead of the seeded random quick-start network")
+    parser.add_argument(
+        "--checkpoint", help="quick-start weights from a medvit run's Lightning .ckpt (model. keys)"
+    )
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -235,7 +240,11 @@ def main() -> None:
 
         spec = PackageSpec.model_validate(quickstart_spec(args))
         torch.manual_seed(0)
-        package = save_package(build_model(spec.model), spec, work / "package")
+        model = build_model(spec.model)
+        if args.checkpoint:
+            state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+            model.load_state_dict({k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")})
+        package = save_package(model, spec, work / "package")
     volume = work / "ct.nii.gz"
     ct_like(volume, tuple(args.shape), tuple(args.spacing))
     cfg = {"package": str(package), "volume": str(volume), "threads": threads}

@@ -24,7 +24,7 @@ def model_record(predictor) -> dict[str, Any]:
     return {
         "uri": source["uri"],
         "version": source.get("version"),
-        **{k: source[k] for k in ("name", "alias", "run_id") if k in source},
+        **{k: source[k] for k in ("registered_name", "alias", "resolved_uri", "run_id") if k in source},
         "package": source.get("package"),
         "name": spec.name,
         "task": spec.task,

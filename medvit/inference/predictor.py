@@ -282,13 +282,24 @@ class Predictor:
             cause = exc.__cause__ or exc
             raise InputError(f"{src}: preprocessing failed ({one_line(cause, 200)})") from None
 
-    def _probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+    def _logits(self, batch: torch.Tensor) -> torch.Tensor:
         with autocast(self.device, self.autocast_dtype):
             out = self.network(batch)
         if isinstance(out, tuple | list):
             out = out[0]
-        out = out.float()
+        return out.float()
+
+    def _probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        out = self._logits(batch)
         return torch.sigmoid(out) if self.spec.multi_label else out.softmax(1)
+
+    def _scores(self, batch: torch.Tensor) -> torch.Tensor:
+        """What windows blend: logits (as MONAI and nnU-Net blend them), or with TTA the log of the mean of the
+        flipped probabilities (softmax of a blend of log-probabilities is that of a blend of logits, since they
+        differ by one constant per voxel)."""
+        if not self.tta_axes or self.spec.multi_label:
+            return with_flip_tta(self._logits, self.tta_axes)(batch)
+        return with_flip_tta(self._probabilities, self.tta_axes)(batch).clamp_(min=1e-30).log_()
 
     @torch.inference_mode()
     def _classify(self, pre) -> np.ndarray:
@@ -298,28 +309,29 @@ class Predictor:
 
     @torch.inference_mode()
     def _segment(self, pre, label: str, result: Prediction) -> torch.Tensor:
-        """Probabilities ``[K, *S]`` (float32, CPU) on the preprocessed grid."""
+        """Probabilities ``[K, *S]`` (float32, CPU) on the preprocessed grid: window scores blended, then
+        softmax (sigmoid for multi-label packages), in place."""
         x = pre.as_tensor()
-        fn = with_flip_tta(self._probabilities, self.tta_axes)
         inf = self.spec.inference
-        k = len(self.values)
         if inf.mode == "whole":
-            return fn(x[None].to(self.device))[0].cpu()
-        result.windows = {}
-        with progress_bar(label, enabled=self.progress) as update:
-            out = sliding_window_with_fallback(
-                x,
-                fn,
-                roi_size=inf.roi_size,
-                num_outputs=k,
-                overlap=self.overlap,
-                batch_size=self.batch_size,
-                blend=inf.blend,
-                device=self.device,
-                progress=update,
-                stats=result.windows,
-            )
-        return out.cpu()
+            out = self._scores(x[None].to(self.device))[0].cpu()
+        else:
+            result.windows = {}
+            with progress_bar(label, enabled=self.progress) as update:
+                out = sliding_window_with_fallback(
+                    x,
+                    self._scores,
+                    roi_size=inf.roi_size,
+                    num_outputs=len(self.values),
+                    overlap=self.overlap,
+                    batch_size=self.batch_size,
+                    blend=inf.blend,
+                    device=self.device,
+                    progress=update,
+                    stats=result.windows,
+                )
+            out = out.cpu()
+        return out.sigmoid_() if self.spec.multi_label else _softmax_(out)
 
     def _volumes(self, mask: np.ndarray, grid: InputGrid) -> dict[str, float] | None:
         if len(grid.spatial_shape) != 3 or not grid.meta.get("spacing_known", True):
@@ -327,6 +339,12 @@ class Predictor:
         voxel_ml = abs(float(np.linalg.det(grid.affine[:3, :3]))) / 1000.0
         counts = np.bincount(mask.ravel(), minlength=max(self.values) + 1)
         return {self.spec.labels[v]: round(float(counts[v]) * voxel_ml, 4) for v in self.values[1:]}
+
+
+def _softmax_(x: torch.Tensor) -> torch.Tensor:
+    """Softmax over the first axis, in place (one spatial-size temporary at a time)."""
+    x.sub_(x.amax(0, keepdim=True)).exp_()
+    return x.div_(x.sum(0, keepdim=True))
 
 
 def array_image(x, dims: int, *, affine: np.ndarray | None = None, spacing: tuple[float, ...] | None = None):

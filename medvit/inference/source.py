@@ -10,6 +10,7 @@ from medvit.errors import InputError
 from medvit.package import ModelPackage, load_package
 
 REGISTRY_PREFIX = "models:/"
+_KEEP = {"name": "registered_name", "alias": "alias", "resolved_uri": "resolved_uri", "run_id": "run_id"}
 
 
 def resolve_model(model: ModelPackage | str | os.PathLike) -> tuple[ModelPackage, dict[str, Any]]:
@@ -21,7 +22,8 @@ def resolve_model(model: ModelPackage | str | os.PathLike) -> tuple[ModelPackage
 
     Returns:
         ``(package, source)`` where ``source`` holds ``uri`` (what was asked for), ``version`` (the registry
-        version it resolved to, else ``None``) and ``package`` (the package folder).
+        version it resolved to, else ``None``) and ``package`` (the package folder); for registry URIs also
+        ``registered_name``, ``alias``, ``resolved_uri`` and ``run_id`` where the registry gives them.
 
     Raises:
         InputError: No such package, or a registry URI that cannot be resolved (one line).
@@ -52,5 +54,5 @@ def resolve_model(model: ModelPackage | str | os.PathLike) -> tuple[ModelPackage
         "uri": uri,
         "version": None if version is None else str(version),
         "package": str(package.path),
-        **{k: v for k, v in info.items() if k in ("name", "alias", "run_id") and v is not None},
+        **{_KEEP[k]: v for k, v in info.items() if k in _KEEP and v is not None},
     }

@@ -187,7 +187,7 @@ def test_registry_uri(tmp_path, monkeypatch, bright_package):
     monkeypatch.setitem(sys.modules, "medvit.registry", fake)
     predictor = Predictor("models:/bright@prod")
     assert predictor.source["uri"] == "models:/bright@prod" and predictor.source["version"] == "7"
-    assert predictor.source["alias"] == "prod"
+    assert predictor.source["alias"] == "prod" and predictor.source["registered_name"] == "bright"
 
     monkeypatch.setitem(sys.modules, "medvit.registry", None)  # as before the registry issue landed
     with pytest.raises(InputError, match=r"^models:/bright@prod: cannot resolve a registry URI \(medvit.registry"):
