@@ -150,3 +150,24 @@ def test_run_logs_config_params_metrics_and_package_to_mlflow(tmp_path):
     )
     assert logged == yaml.safe_load((run_dir / "config.yaml").read_text())
     assert run.info.status == "FINISHED"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+@pytest.mark.parametrize("name", ["quickstart", "funduseg_refuge"])
+def test_mixed_precision_on_cuda(name, precision, tmp_path):
+    """A few optimiser steps in mixed precision on the GPU: finite losses and a loadable package."""
+    import math
+
+    from medvit.engine import run_pipeline
+    from medvit.package import load_package
+
+    card, extra = SYNTHETIC[name]
+    overrides = [
+        f"data.card={card}", *TINY, *extra, "trainer.accelerator=gpu", "trainer.devices=1",
+        f"trainer.precision={precision}", "trainer.progress=none", "trainer.max_steps=4", "trainer.max_epochs=1",
+        "trainer.check_val_every_n_epoch=1", "tracking.enabled=false",
+    ]  # fmt: skip
+    result = run_pipeline(REPO / "pipelines" / f"{name}.yaml", overrides)
+    assert math.isfinite(result.metrics["train/loss_epoch"])
+    assert load_package(result.package).build() is not None
