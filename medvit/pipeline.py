@@ -80,6 +80,7 @@ class TrainerSection(_Strict):
     @classmethod
     def _precision_text(cls, v: Any) -> Any:
         return str(v) if isinstance(v, int) else v
+
     max_epochs: int = Field(10, ge=1)
     max_steps: int = -1
     accumulate_grad_batches: int = Field(1, ge=1)
