@@ -49,6 +49,22 @@ def test_real_las_nifti_mask_is_the_threshold_exactly(nibabel_files, bright_pack
     assert pred.volumes_ml["bright"] == pytest.approx(pred.mask.sum() * 8 / 1000)  # 2 mm isotropic voxels
 
 
+def test_real_oblique_nifti_mask_is_the_threshold_exactly(nibabel_files, bright_package, tmp_path):
+    """The first volume of nibabel's example4d.nii.gz (an oblique grid, as written by the scanner)."""
+    import nibabel as nib
+
+    src = nib.load(str(nibabel_files / "example4d.nii.gz"))
+    data = np.asarray(src.dataobj)[..., 0]
+    nib.save(nib.Nifti1Image(data, src.affine, src.header), tmp_path / "oblique.nii.gz")
+    assert abs(src.affine[1, 2]) > 0.1  # oblique: voxel axes are not world axes
+    threshold = float(np.percentile(data[data > 0], 50)) + 0.5
+    pred = Predictor(bright_package(threshold, window=(0.0, 4000.0)), precision="32").predict(
+        tmp_path / "oblique.nii.gz"
+    )
+    np.testing.assert_allclose(pred.affine, nib.load(tmp_path / "oblique.nii.gz").affine, atol=1e-5)
+    np.testing.assert_array_equal(pred.mask, data > threshold)
+
+
 def test_real_dicom_series_against_simpleitk(ct_series, bright_package, sitk_affine):
     """pydicom's CT series: the mask is the thresholded series as SimpleITK reads it, on SimpleITK's grid."""
     import SimpleITK as sitk
