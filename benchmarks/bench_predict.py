@@ -1,10 +1,10 @@
 """Whole ``medvit predict`` against MONAI's ``sliding_window_inference`` on a CT-like volume.
 
-One run builds the quick-start network (``pipelines/quickstart.yaml``: 3D ViT-Ti, 8^3 patches, embed 96,
-depth 4, 3 heads, UNETR feature size 16, window 48x48x32 at 1.5 x 1.5 x 2 mm, HU window -175..250; random
-weights seeded, ``--checkpoint`` for the weights of a ``medvit run pipelines/quickstart.yaml`` run, or
-``--package`` for any package), writes a 256x256x160 CT-like NIfTI (int16, LPS, 1.5 x 1.5 x
-2 mm) and then, each in its own child process so that memory figures are independent:
+One run takes the quick-start network (``pipelines/quickstart.yaml``: 3D ViT-Ti, 8^3 patches, embed 96,
+depth 4, 3 heads, UNETR feature size 16, window 32^3 at 2 mm, HU window -175..250): the package a
+``medvit run pipelines/quickstart.yaml`` wrote (``--package``), or that network with seeded random weights
+(or a run's ``--checkpoint``). It writes a 256x256x160 CT-like NIfTI (int16, LPS, 1.5 x 1.5 x 2 mm, so
+preprocessing resamples it) and then, each in its own child process so that memory figures are independent:
 
 * **MONAI fp32**: read and preprocess (not timed), then ``sliding_window_inference`` (Gaussian, same window,
   overlap and windows per batch) timed alone; peak RSS read right after it.
@@ -16,9 +16,8 @@ It prints the times (minimum and median over ``--repeat`` runs, the runs alterna
 RSS of each (and above the process's RSS once torch, MONAI and the model were loaded), and the Dice of
 medvit's mask against MONAI's fp32 mask (taken back to the input grid with MONAI's ``Invertd``).
 
-    python benchmarks/bench_predict.py [--shape 256 256 160] [--threads 2] [--repeat 1] [--json out.json]
-    python benchmarks/bench_predict.py --shape 128 128 80 --repeat 1   # a quick look
-    python benchmarks/bench_predict.py --checkpoint runs/quickstart/<run>/checkpoints/best.ckpt  # trained weights
+    python benchmarks/bench_predict.py --package runs/quickstart/<run>/package [--threads 2] [--json out.json]
+    python benchmarks/bench_predict.py --shape 128 128 80   # random weights, a quick look
 
 Targets (issue #6): medvit's whole predict at most 0.5x MONAI's fp32 inference alone, Dice >= 0.99,
 peak memory at most 1.2x MONAI's. Not a test: run it by hand on the machine you care about.
@@ -59,7 +58,7 @@ def quickstart_spec(args) -> dict:
             spatial_dims=3,
             in_channels=1,
             orientation="RAS",
-            spacing=[1.5, 1.5, 2.0],
+            spacing=list(args.model_spacing),
             intensity=dict(kind="window", a_min=-175, a_max=250),
         ),
         inference=dict(mode="sliding_window", roi_size=roi, overlap=args.overlap, sw_batch_size=args.batch_size),
@@ -203,14 +202,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shape", type=int, nargs=3, default=[256, 256, 160], help="volume size (voxels)")
     parser.add_argument("--spacing", type=float, nargs=3, default=[1.5, 1.5, 2.0], help="volume spacing (mm)")
-    parser.add_argument("--roi", type=int, nargs=3, default=[48, 48, 32], help="window (quick start: 48 48 32)")
+    parser.add_argument("--roi", type=int, nargs=3, default=[32, 32, 32], help="window (quick start: 32^3)")
+    parser.add_argument("--model-spacing", type=float, nargs=3, default=[2.0, 2.0, 2.0], help="model grid (mm)")
     parser.add_argument("--embed-dim", type=int, default=96)
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--heads", type=int, default=3)
     parser.add_argument("--feature-size", type=int, default=16)
     parser.add_argument("--overlap", type=float, default=0.5)
-    parser.add_argument("--batch-size", type=int, default=2, help="windows per forward pass (MONAI and medvit)")
-    parser.add_argument("--medvit-batch-size", type=int, default=None, help="medvit's own, if different")
+    parser.add_argument("--batch-size", type=int, default=2, help="windows per forward pass (random-weight model)")
+    parser.add_argument(
+        "--medvit-batch-size", type=int, default=None, help="medvit's own (default: the package's)"
+    )
     parser.add_argument("--precision", default="auto", help="medvit precision: auto, 32 or bf16")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads in both (default: torch's)")
@@ -249,18 +251,22 @@ def main() -> None:
     ct_like(volume, tuple(args.shape), tuple(args.spacing))
     cfg = {"package": str(package), "volume": str(volume), "threads": threads}
     from medvit.inference.device import cpu_has_bf16
+    from medvit.package import load_package
 
+    spec = load_package(package).spec
+    inf = spec.inference
     print(
         f"torch {torch.__version__}, {platform.processor() or platform.machine()}, cpu bf16 {cpu_has_bf16()}, "
-        f"threads {threads}, volume {'x'.join(map(str, args.shape))} at {args.spacing} mm, window "
-        f"{'x'.join(map(str, args.roi))}, overlap {args.overlap}, batch {args.batch_size}, repeat {args.repeat}"
+        f"threads {threads}, volume {'x'.join(map(str, args.shape))} at {args.spacing} mm; model {spec.name} "
+        f"at {spec.preprocessing.spacing} mm, window {'x'.join(map(str, inf.roi_size))}, overlap {inf.overlap}, "
+        f"batch {inf.sw_batch_size}, repeat {args.repeat}"
     )
     runs: dict[str, list[dict]] = {"monai": [], "medvit": []}
     for i in range(args.repeat):
         runs["monai"].append(run_child("monai", {**cfg, "mask": str(work / "monai_mask.npy") if i == 0 else None}))
         print(f"  MONAI fp32 run {i + 1}: {runs['monai'][-1]['seconds']:.1f} s", flush=True)
         medvit_cfg = {**cfg, "device": args.device, "precision": args.precision, "out": str(work / "out"),
-                      "batch": args.medvit_batch_size or args.batch_size}  # fmt: skip
+                      "batch": args.medvit_batch_size}  # fmt: skip
         runs["medvit"].append(run_child("medvit", medvit_cfg))
         print(
             f"  medvit run {i + 1}: {runs['medvit'][-1]['seconds']:.1f} s {runs['medvit'][-1]['stages_s']}",
