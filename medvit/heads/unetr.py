@@ -47,7 +47,8 @@ class ResizeUpBlock(nn.Module):
         )  # fmt: skip
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(x, size=skip.shape[2:], mode=self.mode, align_corners=False)
+        if x.shape[2:] != skip.shape[2:]:  # resizing to the same size is the identity: skip the copy
+            x = F.interpolate(x, size=skip.shape[2:], mode=self.mode, align_corners=False)
         return self.refine(torch.cat([self.conv(x), skip], dim=1))
 
 
