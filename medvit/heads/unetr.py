@@ -145,4 +145,6 @@ class UNETR(nn.Module):
         d = self.decoder4(d, enc3)
         d = self.decoder3(d, enc2)
         d = self.decoder2(d, enc1)
-        return self.out(d)
+        # logits in float32 even under autocast: bf16 rounding of the logits flips near-tied voxels
+        with torch.autocast(device_type=d.device.type, enabled=False):
+            return self.out(d.float())
