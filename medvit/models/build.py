@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -11,64 +12,12 @@ from torch import nn
 from medvit.errors import ConfigError, one_line
 from medvit.models.spec import ModelSpec
 
-
-def _lora(backbone: nn.Module, **options: Any) -> nn.Module:
-    from medvit.adapters import apply_lora
-
-    return apply_lora(backbone, **options)
-
-
-def _adaptertune(backbone: nn.Module, **options: Any) -> nn.Module:
-    from medvit.adapters import apply_adaptertune
-
-    return apply_adaptertune(backbone, **options)
-
-
-ADAPTERS: dict[str, Callable[..., nn.Module]] = {"lora": _lora, "adaptertune": _adaptertune}
-
-
-def _linear(backbone: nn.Module, num_classes: int, **options: Any) -> nn.Module:
-    from medvit.heads import LinearClassifier
-
-    return LinearClassifier(backbone, num_classes, **options)
-
-
-def _linear_seg(backbone: nn.Module, num_classes: int, **options: Any) -> nn.Module:
-    from medvit.heads import LinearSegProbe
-
-    return LinearSegProbe(backbone, num_classes, **options)
-
-
-def _unetr(backbone: nn.Module, num_classes: int, **options: Any) -> nn.Module:
-    from medvit.heads import UNETR
-
-    return UNETR(backbone, num_classes, **options)
-
-
-def _funduseg(backbone: nn.Module, num_classes: int, **options: Any) -> nn.Module:
-    from medvit.adapters import FunduSegmenter
-
-    return FunduSegmenter(backbone, num_classes, **options)
-
-
-def _cellvta(backbone: nn.Module, num_classes: int, **options: Any) -> nn.Module:
-    from medvit.adapters import CellVTA
-
-    return CellVTA(backbone, num_types=num_classes, **options)
-
-
-HEADS: dict[str, Callable[..., nn.Module]] = {
-    "linear": _linear,
-    "linear_seg": _linear_seg,
-    "unetr": _unetr,
-    "funduseg": _funduseg,
-    "cellvta": _cellvta,
-}
-
-# the classes whose keyword options each name accepts (checked before building, to name the bad key)
-_TARGETS = {
+# registered name -> (module, attribute); imported only when a spec names it
+ADAPTERS: dict[str, tuple[str, str]] = {
     "lora": ("medvit.adapters", "apply_lora"),
     "adaptertune": ("medvit.adapters", "apply_adaptertune"),
+}
+HEADS: dict[str, tuple[str, str]] = {
     "linear": ("medvit.heads", "LinearClassifier"),
     "linear_seg": ("medvit.heads", "LinearSegProbe"),
     "unetr": ("medvit.heads", "UNETR"),
@@ -78,19 +27,18 @@ _TARGETS = {
 _POSITIONAL = {"backbone", "num_classes", "out_channels", "num_types", "self"}
 
 
-def _check_options(kind: str, name: str, options: dict[str, Any]) -> None:
-    import importlib
-
-    module, attr = _TARGETS[name]
+def _resolve(kind: str, name: str, options: dict[str, Any]) -> Callable[..., nn.Module]:
+    """The factory registered as ``name``, after checking ``options`` against its keyword arguments."""
+    module, attr = (ADAPTERS if kind == "adapter" else HEADS)[name]
     target = getattr(importlib.import_module(module), attr)
-    params = inspect.signature(target).parameters
-    allowed = {k for k in params if k not in _POSITIONAL}
+    allowed = {k for k in inspect.signature(target).parameters if k not in _POSITIONAL}
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise ConfigError(
             f"model.{kind}.options: unknown option(s) {', '.join(unknown)} for {name} "
             f"(known: {', '.join(sorted(allowed))})"
         )
+    return target
 
 
 def build_model(spec: ModelSpec | dict[str, Any], *, load_weights: bool = True) -> nn.Module:
@@ -114,13 +62,16 @@ def build_model(spec: ModelSpec | dict[str, Any], *, load_weights: bool = True) 
         bb.name, weights=weights, img_size=img_size, trust_pickle=bb.trust_pickle, **bb.options
     )
     if spec.adapter.name != "none":
-        _check_options("adapter", spec.adapter.name, spec.adapter.options)
+        apply = _resolve("adapter", spec.adapter.name, spec.adapter.options)
         try:
-            backbone = ADAPTERS[spec.adapter.name](backbone, **spec.adapter.options)
+            backbone = apply(backbone, **spec.adapter.options)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"model.adapter ({spec.adapter.name}): {one_line(exc)}") from exc
-    _check_options("head", spec.head.name, spec.head.options)
+    head = _resolve("head", spec.head.name, spec.head.options)
+    # CellVTA counts nuclei types (background included) where the other heads count classes
+    count = {"num_types": spec.num_classes} if spec.head.name == "cellvta" else {}
+    args = (backbone,) if count else (backbone, spec.num_classes)
     try:
-        return HEADS[spec.head.name](backbone, spec.num_classes, **spec.head.options)
+        return head(*args, **count, **spec.head.options)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"model.head ({spec.head.name}): {one_line(exc)}") from exc
