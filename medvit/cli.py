@@ -301,8 +301,8 @@ def run(
     if check:
         if pipeline is None:
             raise typer.BadParameter("--check needs a pipeline file")
-        cfg, _, dm = engine.check_pipeline(pipeline, overrides or [])
-        typer.echo(f"ok: {pipeline} ({cfg.task.kind}, card {engine.card_name(cfg)}, {dm.num_classes} classes)")
+        cfg, _, dm, _ = engine.check_pipeline(pipeline, overrides or [])
+        typer.echo(f"ok: {pipeline} ({cfg.task.kind}, card {dm.card.name}, {dm.num_classes} classes)")
         return
     result = engine.run_pipeline(pipeline, overrides or [], resume=resume)
     if result.package is None:

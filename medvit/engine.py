@@ -24,8 +24,6 @@ from medvit.errors import ConfigError, InputError
 from medvit.pipeline import PipelineConfig, load_pipeline
 
 RUN_DIR_ENV = "MEDVIT_RUN_DIR"
-DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
-log = logging.getLogger("medvit")
 
 
 @dataclass
@@ -43,7 +41,10 @@ def is_rank_zero() -> bool:
 
 
 def tracking_uri(cfg: PipelineConfig) -> str:
-    return cfg.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    """The pipeline's URI, else the registry's default (``$MLFLOW_TRACKING_URI`` or ``./mlruns.db``)."""
+    from medvit.registry.uri import default_tracking_uri
+
+    return cfg.tracking.tracking_uri or default_tracking_uri()
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:
@@ -189,13 +190,19 @@ def build_trainer(cfg: PipelineConfig, *, run_dir: Path, logger, extra_callbacks
 # ------------------------------------------------------------------------------------------------ running
 
 
-def check_pipeline(path: str | Path, overrides: list[str] | None = None) -> tuple[PipelineConfig, dict, Any]:
-    """Validate a pipeline and everything it names (card, data files, weights, a first case); no training."""
+def check_pipeline(path: str | Path, overrides: list[str] | None = None) -> tuple[PipelineConfig, dict, Any, Any]:
+    """Validate a pipeline and everything it names (card, data files, weights, a first case); no training.
+
+    Returns the config, its resolved plain data, the data module and the task, whose model is built (seeded)
+    with the backbone weights loaded and checked.
+    """
+    import lightning as L
+
     cfg, resolved = load_pipeline(path, overrides)
     dm = build_datamodule(cfg)
     dm.check()
-    build_task(cfg, dm)  # builds the model: loads and checks the backbone weights
-    return cfg, resolved, dm
+    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+    return cfg, resolved, dm, build_task(cfg, dm)
 
 
 def _new_run_dir(cfg: PipelineConfig) -> Path:
@@ -220,7 +227,6 @@ def run_pipeline(
     overrides: list[str] | None = None,
     *,
     resume: str | Path | None = None,
-    echo=print,
 ) -> RunResult:
     """Run a pipeline end to end (or resume the run in ``resume`` from its last checkpoint).
 
@@ -243,21 +249,18 @@ def run_pipeline(
         if (run_dir / "run.json").is_file():
             run_json = json.loads((run_dir / "run.json").read_text())
         ckpt_path = str(last)
-        cfg, resolved, dm = check_pipeline(config_file, overrides)
+        cfg, resolved, dm, task = check_pipeline(config_file, overrides)
     else:
         if path is None:
             raise ConfigError("give a pipeline file, or --resume RUN_DIR")
-        cfg, resolved, dm = check_pipeline(path, overrides)
+        cfg, resolved, dm, task = check_pipeline(path, overrides)
         run_dir = Path(os.environ[RUN_DIR_ENV]) if os.environ.get(RUN_DIR_ENV) else _new_run_dir(cfg)
-
-    import lightning as L
 
     rank0 = is_rank_zero()
     os.environ[RUN_DIR_ENV] = str(run_dir.resolve())  # DDP children re-run this command and find it here
     if rank0:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
 
     logger = None
     uri = tracking_uri(cfg)
@@ -269,14 +272,13 @@ def run_pipeline(
             run_name=cfg.tracking.run_name or f"{cfg.name}-{run_dir.name}",
             tracking_uri=uri,
             run_id=run_json.get("mlflow_run_id"),
-            tags={"medvit.pipeline": cfg.name, "medvit.data_card": card_name(cfg), "medvit.task": cfg.task.kind},
+            tags={"medvit.pipeline": cfg.name, "medvit.data_card": dm.card.name, "medvit.task": cfg.task.kind},
         )
         if rank0:
             _log_start(logger, cfg, resolved, dm, run_dir, resumed=ckpt_path is not None)
             run_json = {"mlflow_run_id": logger.run_id, "experiment_id": logger.experiment_id, "tracking_uri": uri}
             (run_dir / "run.json").write_text(json.dumps(run_json, indent=2))
 
-    task = build_task(cfg, dm)
     trainer = build_trainer(cfg, run_dir=run_dir, logger=logger)
     trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
 
@@ -311,12 +313,6 @@ def run_pipeline(
 
 def _scalars(metrics: dict) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
-
-
-def card_name(cfg: PipelineConfig) -> str:
-    from medvit.data.cards import load_card
-
-    return load_card(cfg.data.card).name
 
 
 def _load_weights(task, ckpt: str) -> None:
@@ -358,7 +354,7 @@ def write_package(
         inference=inference_spec(cfg, dm.spatial_dims),
         provenance={
             "pipeline": cfg.name,
-            "data_card": card_name(cfg),
+            "data_card": dm.card.name,
             "mlflow_run_id": mlflow_run_id,
             "backbone_weights": Path(str(weights)).name if isinstance(weights, str) else None,
             "metrics": {k: v for k, v in metrics.items() if k.startswith(("val/", "test/", "best/"))},
