@@ -108,14 +108,18 @@ def parse_spec(data: Any, source: str) -> PackageSpec:
         raise InputError(validation_line(err, source)) from None
 
 
+def _hash_file(h, path: Path) -> None:
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+
+
 def package_hash(folder: str | Path) -> str:
     """SHA-256 over ``medvit.yaml`` and ``model.safetensors`` (what identifies a package's behaviour)."""
     h = hashlib.sha256()
     for name in (SPEC_FILE, WEIGHTS_FILE):
         h.update(name.encode())
-        with open(Path(folder) / name, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+        _hash_file(h, Path(folder) / name)
     return h.hexdigest()
 
 
@@ -234,16 +238,13 @@ def load_package(path: str | os.PathLike) -> ModelPackage:
     spec = parse_spec(data, str(spec_file))
     if ckpt_state is None and not (folder / WEIGHTS_FILE).is_file():
         raise InputError(f"{folder}: package has no {WEIGHTS_FILE}")
-    sha = package_hash(folder) if ckpt_state is None else _file_hash(path)
+    if ckpt_state is None:
+        sha = package_hash(folder)
+    else:  # a checkpoint's weights: the checkpoint file identifies them
+        h = hashlib.sha256()
+        _hash_file(h, path)
+        sha = h.hexdigest()
     return ModelPackage(spec=spec, path=folder, sha256=sha, state_dict=ckpt_state)
-
-
-def _file_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _checkpoint_state(path: Path) -> dict[str, Any]:

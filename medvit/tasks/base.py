@@ -49,7 +49,7 @@ class MedvitTask(L.LightningModule):
         opt = build_optimizer(self.model, self.optimizer_spec)
         trainer = self.trainer
         total = max(1, int(trainer.estimated_stepping_batches))
-        epochs = max(1, int(trainer.max_epochs or 1)) if trainer.max_epochs and trainer.max_epochs > 0 else 1
+        epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else 1
         per_epoch = max(1, total // epochs)
         sched = build_scheduler(opt, self.optimizer_spec, total_steps=total, steps_per_epoch=per_epoch)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
