@@ -89,11 +89,12 @@ def build_datamodule(cfg: PipelineConfig):
     )
 
 
-def inference_spec(cfg: PipelineConfig, spatial_dims: int) -> dict[str, Any]:
+def inference_spec(cfg: PipelineConfig, dm) -> dict[str, Any]:
     """The package's inference settings: sliding window over the training patch size for 3D."""
     inf = cfg.inference
+    spatial_dims = dm.spatial_dims
     mode = inf.mode or ("sliding_window" if spatial_dims == 3 else "whole")
-    roi = inf.roi_size or cfg.transforms.resolve(spatial_dims).patch_size
+    roi = inf.roi_size or dm.resolved.patch_size
     if mode == "sliding_window" and not roi:
         raise ConfigError("inference.roi_size (or transforms.patch_size) is needed for sliding-window inference")
     if cfg.task.kind == "segmentation":
@@ -115,7 +116,7 @@ def build_task(cfg: PipelineConfig, dm, *, load_weights: bool = True):
 
     spec = cfg.model_spec(dm.num_classes)
     kind = cfg.task.kind
-    inf = inference_spec(cfg, dm.spatial_dims)
+    inf = inference_spec(cfg, dm)
     extra: dict[str, Any] = {}
     if kind == "classification":
         extra = {"multi_label": cfg.task.multi_label, "label_smoothing": cfg.task.label_smoothing}
@@ -351,7 +352,7 @@ def write_package(
         labels=dm.labels,
         model=model_spec,
         preprocessing=dm.preprocess,
-        inference=inference_spec(cfg, dm.spatial_dims),
+        inference=inference_spec(cfg, dm),
         provenance={
             "pipeline": cfg.name,
             "data_card": dm.card.name,
