@@ -24,8 +24,8 @@ from medvit.inference.resample import index_map, labels_on_grid
 from medvit.inference.sliding import sliding_window_with_fallback
 from medvit.inference.source import resolve_model
 from medvit.inference.tta import with_flip_tta
+from medvit.transforms.preprocess import CHANNEL_FITS
 
-_CHANNEL_FITS = {(1, 3), (4, 3), (3, 1)}  # what the package's channel fitting converts
 _GRID_META = ("source", "format", "modality", "spacing_known", "dicom_sources", "dicom_frames")
 
 
@@ -270,7 +270,7 @@ class Predictor:
             image = MetaTensor(image.as_tensor()[..., 0], affine=torch.from_numpy(plane), meta={"source": src})
             squeezed = True
         channels = int(image.shape[0])
-        if channels != want and (channels, want) not in _CHANNEL_FITS:
+        if channels != want and (channels, want) not in CHANNEL_FITS:
             raise InputError(f"{src}: image has {channels} channel(s); the model ({spec.name}) takes {want}")
         return image, squeezed
 

@@ -87,6 +87,10 @@ class PreprocessSpec(_Strict):
         return self
 
 
+# (image channels, network channels) that the channel fitting converts: grey -> RGB, RGBA -> RGB, RGB -> grey
+CHANNEL_FITS = {(1, 3), (4, 3), (3, 1)}
+
+
 def _ensure_channels(spec: PreprocessSpec, keys: Sequence[str]):
     from monai.transforms import Lambdad
 
@@ -96,13 +100,13 @@ def _ensure_channels(spec: PreprocessSpec, keys: Sequence[str]):
         c = img.shape[0]
         if c == want:
             return img
-        if c == 1 and want == 3:
+        if (c, want) not in CHANNEL_FITS:
+            raise ValueError(f"image has {c} channels; the model takes {want}")
+        if c == 1:
             return img.repeat(3, *([1] * (img.ndim - 1)))
-        if c == 4 and want == 3:
+        if c == 4:
             return img[:3]
-        if c == 3 and want == 1:
-            return img.float().mean(0, keepdim=True)
-        raise ValueError(f"image has {c} channels; the model takes {want}")
+        return img.float().mean(0, keepdim=True)  # RGB -> grey
 
     return Lambdad(keys, fit, overwrite=True)
 
