@@ -145,10 +145,16 @@ def build_trainer(cfg: PipelineConfig, *, run_dir: Path, logger, extra_callbacks
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 
     t = cfg.trainer
-    common = dict(dirpath=run_dir / "checkpoints", enable_version_counter=False, save_on_train_epoch_end=True)
-    best = ModelCheckpoint(filename="best", monitor=cfg.monitor(), mode=t.monitor_mode, save_top_k=1, **common)
+    common = dict(dirpath=run_dir / "checkpoints", enable_version_counter=False)
+    # "best" when validation ends (the monitored metric exists only then: no warning on epochs without one)
+    best = ModelCheckpoint(
+        filename="best", monitor=cfg.monitor(), mode=t.monitor_mode, save_top_k=1, save_on_train_epoch_end=False,
+        **common,
+    )  # fmt: skip
     # "last" by its own callback: Lightning saves save_last only on epochs that improved the monitor
-    last = ModelCheckpoint(filename="last", monitor=None, save_top_k=1, every_n_epochs=1, **common)
+    last = ModelCheckpoint(
+        filename="last", monitor=None, save_top_k=1, every_n_epochs=1, save_on_train_epoch_end=True, **common
+    )
     callbacks: list = [best, last, *extra_callbacks]  # the first is trainer.checkpoint_callback
     if logger is not None:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))

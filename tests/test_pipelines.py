@@ -152,6 +152,26 @@ def test_run_logs_config_params_metrics_and_package_to_mlflow(tmp_path):
     assert run.info.status == "FINISHED"
 
 
+def test_epochs_without_validation_keep_quiet_and_best_is_saved_after_validation(tmp_path):
+    """Validation every 2nd epoch: no 'could not find the monitored key' warning on the epoch without one,
+    and best.ckpt holds the validated epoch."""
+    import warnings
+
+    import torch
+
+    from medvit.engine import run_pipeline
+
+    small = ["data.limit_cases=4", "transforms.patch_size=[16,16,16]", "model.backbone.img_size=[16,16,16]"]
+    epochs = ["trainer.max_epochs=2", "trainer.check_val_every_n_epoch=2", "tracking.enabled=false"]
+    overrides = [*CPU, *TINY, *small, *epochs]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run_pipeline(REPO / "pipelines" / "quickstart.yaml", overrides)
+    assert not [w for w in caught if "monitored key" in str(w.message)]
+    best = torch.load(result.run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    assert best["epoch"] == 1
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
 @pytest.mark.parametrize("name", ["quickstart", "funduseg_refuge"])

@@ -33,7 +33,10 @@ def _ellipsoid(shape, centre, radii) -> np.ndarray:
     return sum(((g - c) / r) ** 2 for g, c, r in zip(grids, centre, radii, strict=True)) <= 1.0
 
 
-def _ct_case(rng: np.random.Generator, shape) -> tuple[np.ndarray, np.ndarray]:
+def ct_case(rng: np.random.Generator, shape) -> tuple[np.ndarray, np.ndarray]:
+    """One CT-like case of the ``synthetic_ct`` set: int16 HU volume (air, an ellipsoid body at 0 HU, a
+    liver-like organ at 60 HU, a kidney-like one at 160 HU, noise sd 20 HU in the body) and its uint8 labels
+    (1 liver-like, 2 kidney-like), both of ``shape``."""
     shape = tuple(shape)
     c = np.array(shape) / 2
     vol = np.full(shape, -1000.0, np.float32)
@@ -58,7 +61,7 @@ def _ct3d(out: Path, layout: Synthetic, rng: np.random.Generator) -> FolderPairs
     shape = layout.size or DEFAULT_SIZES["ct3d"]
     spacing = np.array([1.5, 1.5, 2.0])
     for i in range(layout.num_cases):
-        vol, label = _ct_case(rng, shape)
+        vol, label = ct_case(rng, shape)
         affine = np.diag([*spacing, 1.0])
         affine[:3, 3] = -np.array(shape) * spacing / 2 + rng.uniform(-5, 5, 3)
         write_nifti(vol, out / "imagesTr" / f"case_{i:03d}.nii.gz", affine=affine)
