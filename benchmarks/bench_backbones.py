@@ -63,7 +63,8 @@ def gemm_ceiling(model, batch: int, device: str, *, iters: int) -> float:
     them): the most bf16 autocast can give a model whose time is all in those layers. On a CPU with AVX-512
     BF16 but no AMX (Zen 4) bf16 does two multiply-adds per 32-bit lane where fp32 does one, so this is near
     2x, not the 3-4x of AMX parts."""
-    tokens = batch * (model.num_prefix_tokens + (224 // model.patch_size) ** 2)
+    patch = model.patch_size if isinstance(model.patch_size, int) else model.patch_size[0]
+    tokens = batch * (model.num_prefix_tokens + (224 // patch) ** 2)
     shapes = sorted({(m.in_features, m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear)})
     seconds = {}
     for dtype in (torch.float32, torch.bfloat16):

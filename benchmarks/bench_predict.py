@@ -216,6 +216,38 @@ def child_medvit(cfg: dict) -> dict:
     }
 
 
+def conv_ceiling(package, batch: int, *, iters: int = 3) -> float:
+    """bf16 / fp32 throughput of the network's own convolutions alone, on the inputs one batch of windows gives
+    them: the most bf16 autocast can give a network whose time is all in convolutions (near 2x on a CPU with
+    AVX-512 BF16 and no AMX)."""
+    import torch
+
+    from medvit.package import load_package
+
+    loaded = load_package(package)
+    net = loaded.build().eval()
+    calls: list[tuple[torch.nn.Module, torch.Tensor]] = []
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv3d | torch.nn.ConvTranspose3d)]
+    hooks = [m.register_forward_hook(lambda m, i, o: calls.append((m, i[0]))) for m in convs]
+    spec = loaded.spec
+    with torch.inference_mode():
+        net(torch.rand(batch, spec.preprocessing.in_channels, *spec.inference.roi_size))
+    for h in hooks:
+        h.remove()
+    seconds = {}
+    for amp in (False, True):
+        best = float("inf")
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            for i in range(iters + 1):
+                t0 = time.perf_counter()
+                for module, x in calls:
+                    module(x)
+                if i:
+                    best = min(best, time.perf_counter() - t0)
+        seconds[amp] = best
+    return seconds[False] / seconds[True]
+
+
 def run_child(kind: str, cfg: dict) -> dict:
     out = subprocess.run(
         [sys.executable, __file__, "--child", kind, json.dumps(cfg)], capture_output=True, text=True, check=False
@@ -345,6 +377,10 @@ def main() -> None:
     print(f"medvit windows: {w.get('windows')}, constant ones run once: {w.get('reused')} (reused, not run again)")
     print(f"medvit model load {m['load_s']:.1f} s (not in the time above); voxels labelled 1/2: "
           f"{int((ours == 1).sum())}/{int((ours == 2).sum())} of {ours.size}")  # fmt: skip
+    if args.device == "cpu":
+        torch.set_num_threads(threads)
+        ceiling = conv_ceiling(package, inf.sw_batch_size)
+        print(f"bf16 / fp32 throughput of the network's convolutions alone (the ceiling here): {ceiling:.2f}x")
     if truth is not None:  # how good the model is on this case: near-ties are rarer where it is sure
         quality = ", ".join(
             f"label {k} {dice(ref, truth, k):.3f} (fp32) / {dice(ours, truth, k):.3f} (medvit)" for k in (1, 2)
