@@ -19,6 +19,7 @@ import torch
 
 from medvit.errors import ConfigError, InputError, MedvitWarning, one_line
 from medvit.inference.device import autocast, precision_name, resolve_device, resolve_precision
+from medvit.inference.layout import channels_last
 from medvit.inference.progress import progress_bar
 from medvit.inference.resample import index_map, labels_on_grid
 from medvit.inference.sliding import sliding_window_with_fallback
@@ -141,6 +142,8 @@ class Predictor:
         self.progress = progress
         self.values = sorted(spec.labels)
         self.network = self.package.build().to(self.device)
+        # channels-last convolutions on the CPU (oneDNN's fast layout); CUDA keeps the layout it was built with
+        self._layout = channels_last(self.network, spec.spatial_dims) if self.device.type == "cpu" else None
         self._transforms = Compose(preprocess_transforms(spec.preprocessing))
 
     # -- options, for manifests -------------------------------------------------------------------------
@@ -283,6 +286,8 @@ class Predictor:
             raise InputError(f"{src}: preprocessing failed ({one_line(cause, 200)})") from None
 
     def _logits(self, batch: torch.Tensor) -> torch.Tensor:
+        if self._layout is not None:
+            batch = batch.contiguous(memory_format=self._layout)
         with autocast(self.device, self.autocast_dtype):
             out = self.network(batch)
         if isinstance(out, tuple | list):
