@@ -4,8 +4,8 @@ oneDNN runs 3D (and 2D) convolutions on channels-last tensors (NDHWC) at close t
 faster than on NCDHW, in bf16 and in float32. ``InstanceNorm`` would undo the gain: ``F.instance_norm``
 reshapes its input to ``[1, B*C, ...]`` and so copies every channels-last activation back. It is replaced by
 the same normalisation written as ``group_norm`` with one group per channel, whose CPU kernel reads
-channels-last directly. Measured on the quick-start UNETR (2 threads, windows of 32^3): 67 -> 57 ms per
-window in bf16, 120 -> 100 ms in float32.
+channels-last directly. Measured on the quick-start UNETR (2 threads, windows of 32^3): 67 -> 56 ms per
+window in bf16, 120 -> 100-106 ms in float32.
 """
 
 from __future__ import annotations

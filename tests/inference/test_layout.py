@@ -11,13 +11,14 @@ from torch import nn
 from medvit.inference.layout import GroupwiseInstanceNorm, channels_last
 
 
+@pytest.mark.parametrize("spatial", [(5, 7, 4), (16, 16, 16)], ids=["instance_norm-path", "group_norm-path"])
 @pytest.mark.parametrize("affine", [False, True])
-def test_groupwise_instance_norm_equals_instance_norm(affine):
+def test_groupwise_instance_norm_equals_instance_norm(affine, spatial):
     torch.manual_seed(0)
     norm = nn.InstanceNorm3d(6, affine=affine)
     if affine:
         nn.init.normal_(norm.weight), nn.init.normal_(norm.bias)
-    x = torch.randn(2, 6, 5, 7, 4) * 3 + 1
+    x = torch.randn(2, 6, *spatial) * 3 + 1
     ours = GroupwiseInstanceNorm(norm)
     torch.testing.assert_close(ours(x.contiguous(memory_format=torch.channels_last_3d)), norm(x))
     assert ours.state_dict().keys() == norm.state_dict().keys()
