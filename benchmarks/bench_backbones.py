@@ -66,23 +66,22 @@ def gemm_ceiling(model, batch: int, device: str, *, iters: int) -> float:
     patch = model.patch_size if isinstance(model.patch_size, int) else model.patch_size[0]
     tokens = batch * (model.num_prefix_tokens + (224 // patch) ** 2)
     shapes = sorted({(m.in_features, m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear)})
-    seconds = {}
-    for dtype in (torch.float32, torch.bfloat16):
-        xs = [torch.randn(tokens, k, device=device, dtype=dtype) for k, _ in shapes]
-        ws = [torch.randn(n, k, device=device, dtype=dtype) for k, n in shapes]
-        sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-        best = float("inf")
-        with torch.no_grad():
-            for i in range(iters + 1):
-                sync()
-                t0 = time.perf_counter()
-                for x, w in zip(xs, ws, strict=True):
-                    torch.nn.functional.linear(x, w)
-                sync()
-                if i:  # the first is warm-up
-                    best = min(best, time.perf_counter() - t0)
-        seconds[dtype] = best
-    return seconds[torch.float32] / seconds[torch.bfloat16]
+
+    def layers(dtype: torch.dtype) -> Callable[[], None]:
+        pairs = [
+            (torch.randn(tokens, k, device=device, dtype=dtype), torch.randn(n, k, device=device, dtype=dtype))
+            for k, n in shapes
+        ]
+
+        def run() -> None:
+            for x, w in pairs:
+                torch.nn.functional.linear(x, w)
+
+        return run
+
+    fns = {"fp32": layers(torch.float32), "bf16": layers(torch.bfloat16)}
+    t = timeit(fns, warmup=1, iters=iters, device=device, ctx=torch.no_grad)
+    return t["fp32"][1] / t["bf16"][1]
 
 
 def step_fn(model, x: torch.Tensor, *, backward: bool, is_medvit: bool) -> Callable[[], None]:
