@@ -33,8 +33,8 @@ def _reset_cpu_peak() -> None:
 
 
 def build(name: str, depth: int | None):
-    from medvit.adapters import CellVTA, FunduSegmenter
     from medvit.backbones import create_backbone
+    from medvit.heads import CellVTA, FunduSegmenter
 
     over = {"depth": depth} if depth else {}
     if name == "funduseg":
@@ -102,7 +102,7 @@ def main() -> None:
     for name in args.models.split(","):
         torch.manual_seed(0)
         model = build(name, depth).train()
-        from medvit.adapters import count_parameters
+        from medvit.layers.params import count_parameters
 
         trainable, total = count_parameters(model)
         for device in devices:

@@ -331,7 +331,7 @@ def main() -> None:
     else:
         ct_like(volume, tuple(args.shape), tuple(args.spacing))
     cfg = {"package": str(package), "volume": str(volume), "threads": threads}
-    from medvit.inference.device import cpu_has_bf16
+    from medvit.device import cpu_has_bf16
     from medvit.package import load_package
 
     spec = load_package(package).spec

@@ -280,7 +280,7 @@ def backbones(
 @handle_errors
 def run(
     pipeline: Annotated[
-        Path | None, typer.Argument(help="Pipeline YAML file (see pipelines/); omit with --resume.")
+        Path | None, typer.Argument(help="Pipeline file or shipped name (e.g. quickstart); omit with --resume.")
     ] = None,
     overrides: Annotated[
         list[str] | None, typer.Argument(help="Overrides as key.sub=value, e.g. trainer.max_epochs=2.")
@@ -290,6 +290,14 @@ def run(
     ] = None,
     check: Annotated[
         bool, typer.Option("--check", help="Validate the pipeline, data and weights; do not train.")
+    ] = False,
+    smoke: Annotated[
+        bool,
+        typer.Option(
+            "--smoke",
+            help="A quick run of the pipeline's model family: synthetic set of its task, tiny backbone without "
+            "pretrained weights, small inputs, a couple of steps (overrides still apply).",
+        ),
     ] = False,
 ) -> None:
     """Train, validate and test a pipeline; log it to MLflow and write a model package."""
@@ -301,16 +309,20 @@ def run(
     if check:
         if pipeline is None:
             raise typer.BadParameter("--check needs a pipeline file")
-        cfg, _, dm, _ = engine.check_pipeline(pipeline, overrides or [])
+        checked = engine.check_pipeline(pipeline, overrides or [], smoke=smoke)
+        cfg, dm = checked.cfg, checked.datamodule
+        typer.echo(checked.hardware.note)
         typer.echo(f"ok: {pipeline} ({cfg.task.kind}, card {dm.card.name}, {dm.num_classes} classes)")
         return
-    result = engine.run_pipeline(pipeline, overrides or [], resume=resume)
+    result = engine.run_pipeline(pipeline, overrides or [], resume=resume, smoke=smoke, echo=typer.echo)
     if result.package is None:
         return
     typer.echo("")
     for key in sorted(result.metrics):
         if key.startswith(("val/", "test/", "best/")):
             typer.echo(f"{key:<28} {result.metrics[key]:.4f}")
+    if result.test_is_validation and any(k.startswith("test/") for k in result.metrics):
+        typer.echo("(test = validation cases: the data card has no test split)")
     typer.echo(f"run folder:     {result.run_dir}")
     if result.mlflow_run_id:
         typer.echo(f"MLflow run:     {result.mlflow_run_id} ({result.tracking_uri})")

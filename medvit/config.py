@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from medvit.errors import ConfigError
+from medvit.resources import shipped_dir
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -117,11 +118,11 @@ CONFIGS_ENV = "MEDVIT_CONFIGS"
 
 def config_dirs(pipeline: Path | None = None) -> list[Path]:
     """Where ``defaults:`` fragments are looked up: ``$MEDVIT_CONFIGS`` entries, ``configs/`` beside the
-    pipeline's folder, ``./configs``, then the repository's ``configs/``."""
+    pipeline's folder, ``./configs``, then medvit's shipped ``configs/``."""
     dirs = [Path(p) for p in os.environ.get(CONFIGS_ENV, "").split(os.pathsep) if p]
     if pipeline is not None:
         dirs.append(pipeline.resolve().parent.parent / "configs")
-    dirs += [Path.cwd() / "configs", Path(__file__).resolve().parent.parent / "configs"]
+    dirs += [Path.cwd() / "configs", shipped_dir("configs")]
     seen, out = set(), []
     for d in dirs:
         if d not in seen:
@@ -142,10 +143,41 @@ def find_fragment(name: str, pipeline: Path | None = None) -> Path:
     raise ConfigError(f"{pipeline}: defaults: no config fragment {name!r} (looked in {where})")
 
 
+def pipeline_dirs() -> list[Path]:
+    """Where a pipeline given by name is looked up: ``./pipelines``, then medvit's shipped pipelines."""
+    return [Path.cwd() / "pipelines", shipped_dir("pipelines")]
+
+
+def list_pipelines() -> dict[str, Path]:
+    """Pipeline name -> file in :func:`pipeline_dirs`, first found wins."""
+    out: dict[str, Path] = {}
+    for d in pipeline_dirs():
+        for f in sorted(d.glob("*.y*ml")) if d.is_dir() else []:
+            out.setdefault(f.stem, f)
+    return out
+
+
+def find_pipeline(name_or_path: str | Path) -> Path:
+    """A pipeline file: ``name_or_path`` itself when it is a file, else, for a bare name such as
+    ``quickstart``, ``<name>.yaml`` in :func:`pipeline_dirs`."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    if path.parent == Path(".") and path.name:
+        stem = path.stem if path.suffix in (".yaml", ".yml") else path.name
+        for d in pipeline_dirs():
+            for suffix in (".yaml", ".yml"):
+                if (d / f"{stem}{suffix}").is_file():
+                    return d / f"{stem}{suffix}"
+    where = ", ".join(str(d) for d in pipeline_dirs())
+    known = ", ".join(list_pipelines()) or "none"
+    raise ConfigError(f"{path}: no such pipeline file or name (names are looked up in {where}); known: {known}")
+
+
 def compose_pipeline(path: str | Path, overrides: list[str] | None = None, *, env=None) -> tuple[dict, str]:
     """The merged plain-data pipeline (fragments < pipeline < overrides, environment interpolated) and a
-    description of its sources for error messages."""
-    path = Path(path)
+    description of its sources for error messages. ``path`` is a file or a name (see :func:`find_pipeline`)."""
+    path = find_pipeline(path)
     data = load_yaml(path)
     defaults = data.get("defaults", [])
     override_layer: dict[str, Any] = {}

@@ -1,13 +1,16 @@
 """Run a pipeline: check everything, then train, validate, test, log to MLflow and write a model package.
 
 ``run_pipeline(path, overrides)`` is what ``medvit run`` calls. Every check that can fail on bad input
-(schema, data card and files, backbone weights, transforms on a first case) runs before the run folder is
-created, so a bad pipeline leaves nothing behind. The run folder holds ``config.yaml`` (the resolved
-pipeline, written before training), ``run.json`` (MLflow ids), ``checkpoints/{best,last}.ckpt``,
-``metrics.json`` and ``package/`` (the model package).
+(schema, data card and files, backbone weights, hardware, transforms on a first case) runs before the run
+folder is created, so a bad pipeline leaves nothing behind. The run folder holds ``config.yaml`` (the
+resolved pipeline, written before training), ``run.json`` (MLflow ids), ``checkpoints/{best,last}.ckpt``,
+``metrics.json`` and ``package/`` (the model package). A run that fails after its folder exists marks its
+MLflow run FAILED (KILLED when interrupted), keeps the traceback in ``error.log`` and says so in one line.
 
-Under DDP, Lightning re-launches this command once per extra process; those processes find the run folder
-in ``MEDVIT_RUN_DIR`` and leave logging, MLflow and packaging to rank 0.
+More than one process: only global rank 0 creates the run folder and the MLflow run and opens the tracking
+store. Processes that Lightning starts itself (``devices: 2`` on one machine) learn the run from the
+environment their parent leaves them; processes started from outside (torchrun, SLURM, one process per
+node) join the process group first and receive the run from rank 0 through it.
 """
 
 from __future__ import annotations
@@ -15,15 +18,43 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medvit.errors import ConfigError, InputError
+import lightning as L
+import torch
+import yaml
+from lightning.pytorch.callbacks import (
+    Callback,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    RichProgressBar,
+    TQDMProgressBar,
+)
+
+from medvit import device
+from medvit.backbones import describe_backbone
+from medvit.data.cards import find_card, load_card
+from medvit.data.datamodule import MedvitDataModule
+from medvit.errors import ConfigError, InputError, MedvitError, one_line
+from medvit.package import PackageSpec, Provenance, save_package
 from medvit.pipeline import PipelineConfig, load_pipeline
+from medvit.registry.uri import default_tracking_uri
 
 RUN_DIR_ENV = "MEDVIT_RUN_DIR"
+RUN_JSON_ENV = "MEDVIT_RUN_JSON"
+SMOKE_STEPS = 2
+log = logging.getLogger(__name__)
+
+
+class RunFailed(MedvitError):
+    """A run that failed after its folder existed (exit code 1: the input was fine, the run was not)."""
+
+    exit_code = 1
 
 
 @dataclass
@@ -34,62 +65,104 @@ class RunResult:
     mlflow_run_id: str | None = None
     tracking_uri: str | None = None
     registered: dict[str, Any] | None = None
+    test_is_validation: bool = False  # the card has no test split: test metrics are on the validation cases
 
 
-def is_rank_zero() -> bool:
-    return int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
+@dataclass(frozen=True)
+class Hardware:
+    """What the machine the run starts on decided: Lightning accelerator and precision, loader workers."""
+
+    accelerator: str
+    precision: str
+    num_workers: int
+    note: str
 
 
 def tracking_uri(cfg: PipelineConfig) -> str:
     """The pipeline's URI, else the registry's default (``$MLFLOW_TRACKING_URI`` or ``./mlruns.db``)."""
-    from medvit.registry.uri import default_tracking_uri
-
     return cfg.tracking.tracking_uri or default_tracking_uri()
 
 
-def resolve_precision(precision: str, accelerator: str) -> str:
-    """``auto`` -> ``bf16-mixed`` (or ``16-mixed``) on CUDA, ``32-true`` elsewhere."""
-    if precision != "auto":
-        return "32-true" if precision == "32" else precision
-    import torch
+def resolve_hardware(cfg: PipelineConfig) -> Hardware:
+    """``accelerator: auto`` and ``precision: auto`` decided on this machine (the rule predict uses), loader
+    workers capped by the CPUs this process may use.
 
-    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "32-true"
+    Raises:
+        ConfigError: A GPU asked for explicitly on a machine without one.
+    """
+    t = cfg.trainer
+    accelerator = device.resolve_accelerator(t.accelerator)
+    precision = device.trainer_precision(t.precision, accelerator)
+    cpus = device.cpu_count()
+    workers = min(cfg.data.num_workers, cpus)
+    parts = [f"{accelerator}{' (auto)' if t.accelerator == 'auto' else ''}"]
+    parts.append(f"precision {precision}{' (auto)' if t.precision == 'auto' else ''}")
+    if workers < cfg.data.num_workers:
+        parts.append(f"{workers} loader workers ({cfg.data.num_workers} asked, {cpus} CPUs)")
+    return Hardware(accelerator, precision, workers, "hardware: " + ", ".join(parts))
 
 
-def flatten(data: Any, prefix: str = "") -> dict[str, str]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": "1"}`` for MLflow params (lists as their YAML-ish text)."""
-    if isinstance(data, dict):
-        out: dict[str, str] = {}
-        for k, v in data.items():
-            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: json.dumps(data) if isinstance(data, list | tuple) else str(data)}
+def smoke_overrides(cfg: PipelineConfig) -> list[str]:
+    """Overrides that turn a pipeline into a smoke run: the synthetic set of its task kind, a tiny backbone of
+    the same family without pretrained weights, small inputs, a couple of steps, one process."""
+    card = load_card(cfg.data.card)
+    dims = card.spatial_dims
+    patch = describe_backbone(cfg.model.backbone.name)["patch_size"]
+    patch = max(patch) if isinstance(patch, list | tuple) else int(patch)
+    size = json.dumps([max(32, (4 if dims == 2 else 3) * patch)] * dims)
+    shape = [f"transforms.resize={size}"] if dims == 2 else [f"transforms.patch_size={size}"]
+    return [
+        f"data.card={cfg.kind.smoke_card(dims)}",
+        "data.root=null",
+        "data.batch_size=2",
+        "data.val_batch_size=1",
+        "data.num_workers=0",
+        "data.cache=false",
+        "data.limit_cases=4",
+        "model.num_classes=null",
+        "model.backbone.weights=null",
+        f"model.backbone.img_size={size}",
+        "model.backbone.options.embed_dim=48",
+        "model.backbone.options.depth=4",
+        "model.backbone.options.num_heads=2",
+        *shape,
+        "transforms.samples_per_volume=1",
+        "trainer.accelerator=auto",
+        "trainer.devices=1",
+        "trainer.num_nodes=1",
+        "trainer.strategy=auto",
+        "trainer.max_epochs=1",
+        f"trainer.limit_train_batches={SMOKE_STEPS}",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+        "trainer.check_val_every_n_epoch=1",
+        "trainer.log_every_n_steps=1",
+        "tracking.register_as=null",
+        f"tracking.run_name={cfg.name}-smoke",
+    ]
 
 
 # ----------------------------------------------------------------------------------------------- building
 
 
-def build_datamodule(cfg: PipelineConfig):
-    from medvit.data.datamodule import MedvitDataModule
-
+def build_datamodule(cfg: PipelineConfig, hardware: Hardware | None = None) -> MedvitDataModule:
     d = cfg.data
-    return MedvitDataModule(
+    dm = MedvitDataModule(
         d.card,
         root=d.root,
         transforms=cfg.transforms,
-        task=cfg.task.kind,
         batch_size=d.batch_size,
         val_batch_size=d.val_batch_size,
-        num_workers=d.num_workers,
+        num_workers=hardware.num_workers if hardware is not None else d.num_workers,
         cache=d.cache,
         limit_cases=d.limit_cases,
         seed=cfg.trainer.seed,
     )
+    cfg.kind.check_card(dm.card.name, dm.card.task)
+    return dm
 
 
-def inference_spec(cfg: PipelineConfig, dm) -> dict[str, Any]:
+def inference_spec(cfg: PipelineConfig, dm: MedvitDataModule) -> dict[str, Any]:
     """The package's inference settings: sliding window over the training patch size for 3D."""
     inf = cfg.inference
     spatial_dims = dm.spatial_dims
@@ -97,7 +170,7 @@ def inference_spec(cfg: PipelineConfig, dm) -> dict[str, Any]:
     roi = inf.roi_size or dm.resolved.patch_size
     if mode == "sliding_window" and not roi:
         raise ConfigError("inference.roi_size (or transforms.patch_size) is needed for sliding-window inference")
-    if cfg.task.kind == "segmentation":
+    if cfg.kind.flip_tta:
         default_tta = list(range(spatial_dims)) if spatial_dims == 3 else [spatial_dims - 1]
     else:
         default_tta = []
@@ -111,59 +184,71 @@ def inference_spec(cfg: PipelineConfig, dm) -> dict[str, Any]:
     }
 
 
-def build_task(cfg: PipelineConfig, dm, *, load_weights: bool = True):
-    from medvit.tasks import TASKS
-
+def build_task(cfg: PipelineConfig, dm: MedvitDataModule, *, load_weights: bool = True):
+    """The kind's LightningModule, its model built (and its backbone weights loaded)."""
     spec = cfg.model_spec(dm.num_classes)
-    kind = cfg.task.kind
     inf = inference_spec(cfg, dm)
-    extra: dict[str, Any] = {}
-    if kind == "classification":
-        extra = {"multi_label": cfg.task.multi_label, "label_smoothing": cfg.task.label_smoothing}
-    elif kind == "segmentation":
-        extra = {"hd95": cfg.task.hd95}
-    elif kind == "cells":
-        extra = {"loss_weights": cfg.task.loss_weights}
     try:
-        return TASKS[kind](
+        return cfg.kind.module(
             spec.model_dump(mode="json"),
             cfg.optimizer.model_dump(mode="json"),
             labels=dm.labels,
             inference=inf if inf["mode"] == "sliding_window" else None,
             load_weights=load_weights,
-            **extra,
+            **cfg.task.options(),
         )
     except ValueError as exc:
         if isinstance(exc, ConfigError | InputError):
             raise
-        raise ConfigError(f"task: {' '.join(str(exc).split())}") from exc
+        raise ConfigError(f"task: {' '.join(str(exc).split())}") from None
 
 
-def build_trainer(cfg: PipelineConfig, *, run_dir: Path, logger, extra_callbacks=()):
-    """A Lightning ``Trainer`` from the ``trainer:`` section, with best/last checkpoints in ``run_dir``."""
-    import lightning as L
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar, TQDMProgressBar
+class ValidationLine(Callback):
+    """One line per validation (epoch, loss, the monitored metric) for logs that are not a terminal."""
 
+    def __init__(self, monitor: str, max_epochs: int) -> None:
+        self.monitor, self.max_epochs = monitor, max_epochs
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        m = trainer.callback_metrics
+        parts = [f"epoch {trainer.current_epoch + 1}/{self.max_epochs}"]
+        for key in ("val/loss", self.monitor):
+            if key in m:
+                parts.append(f"{key.removesuffix('_epoch')} {float(m[key]):.4f}")
+        print("  ".join(dict.fromkeys(parts)), flush=True)
+
+
+def build_trainer(
+    cfg: PipelineConfig, hardware: Hardware, *, run_dir: Path | None, logger=None, extra_callbacks=()
+) -> L.Trainer:
+    """A Lightning ``Trainer`` from the ``trainer:`` section, with best/last checkpoints in ``run_dir``
+    (``run_dir=None``: a trainer that only tells this process's rank, before the run folder exists)."""
     t = cfg.trainer
-    common = dict(dirpath=run_dir / "checkpoints", enable_version_counter=False)
-    # "best" when validation ends (the monitored metric exists only then: no warning on epochs without one)
-    best = ModelCheckpoint(
-        filename="best", monitor=cfg.monitor(), mode=t.monitor_mode, save_top_k=1, save_on_train_epoch_end=False,
-        **common,
-    )  # fmt: skip
-    # "last" by its own callback: Lightning saves save_last only on epochs that improved the monitor
-    last = ModelCheckpoint(
-        filename="last", monitor=None, save_top_k=1, every_n_epochs=1, save_on_train_epoch_end=True, **common
-    )
-    callbacks: list = [best, last, *extra_callbacks]  # the first is trainer.checkpoint_callback
+    callbacks: list = []
+    if run_dir is not None:
+        common = dict(dirpath=run_dir / "checkpoints", enable_version_counter=False)
+        # "best" when validation ends (the monitored metric exists only then: no warning on epochs without one)
+        callbacks.append(ModelCheckpoint(
+            filename="best", monitor=cfg.monitor(), mode=cfg.monitor_mode(), save_top_k=1,
+            save_on_train_epoch_end=False, **common,
+        ))  # fmt: skip
+        # "last" by its own callback: Lightning saves save_last only on epochs that improved the monitor
+        callbacks.append(ModelCheckpoint(
+            filename="last", monitor=None, save_top_k=1, every_n_epochs=1, save_on_train_epoch_end=True, **common
+        ))  # fmt: skip
+    callbacks += list(extra_callbacks)  # the first checkpoint callback is trainer.checkpoint_callback
     if logger is not None:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
-    if t.progress == "rich":
-        callbacks.append(RichProgressBar())
-    elif t.progress == "tqdm":
-        callbacks.append(TQDMProgressBar())
+    terminal = sys.stdout.isatty()
+    show_bar = t.progress != "none" and terminal
+    if show_bar:
+        callbacks.append(RichProgressBar() if t.progress == "rich" else TQDMProgressBar())
+    elif t.progress != "none":
+        callbacks.append(ValidationLine(cfg.monitor(), t.max_epochs))
     strategy: Any = t.strategy
-    if t.strategy == "ddp" and t.accelerator == "cpu":
+    if t.strategy == "ddp" and hardware.accelerator == "cpu":
         from lightning.pytorch.strategies import DDPStrategy
 
         strategy = DDPStrategy(process_group_backend="gloo")
@@ -173,11 +258,11 @@ def build_trainer(cfg: PipelineConfig, *, run_dir: Path, logger, extra_callbacks
         if getattr(t, k) is not None
     }
     return L.Trainer(
-        accelerator=t.accelerator,
+        accelerator=hardware.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
         strategy=strategy,
-        precision=resolve_precision(t.precision, t.accelerator),
+        precision=hardware.precision,
         max_epochs=t.max_epochs,
         max_steps=t.max_steps,
         accumulate_grad_batches=t.accumulate_grad_batches,
@@ -187,9 +272,10 @@ def build_trainer(cfg: PipelineConfig, *, run_dir: Path, logger, extra_callbacks
         deterministic=t.deterministic,
         logger=logger if logger is not None else False,
         callbacks=callbacks,
-        enable_progress_bar=t.progress != "none",
+        enable_progress_bar=show_bar,
         enable_model_summary=False,
-        default_root_dir=str(run_dir),
+        enable_checkpointing=run_dir is not None,
+        default_root_dir=str(run_dir) if run_dir is not None else None,
         **optional,
     )
 
@@ -197,19 +283,31 @@ def build_trainer(cfg: PipelineConfig, *, run_dir: Path, logger, extra_callbacks
 # ------------------------------------------------------------------------------------------------ running
 
 
-def check_pipeline(path: str | Path, overrides: list[str] | None = None) -> tuple[PipelineConfig, dict, Any, Any]:
-    """Validate a pipeline and everything it names (card, data files, weights, a first case); no training.
+@dataclass
+class Checked:
+    """A pipeline validated with everything it names: what :func:`check_pipeline` returns."""
 
-    Returns the config, its resolved plain data, the data module and the task, whose model is built (seeded)
-    with the backbone weights loaded and checked.
+    cfg: PipelineConfig
+    resolved: dict[str, Any]
+    datamodule: MedvitDataModule
+    task: Any
+    hardware: Hardware
+
+
+def check_pipeline(path: str | Path, overrides: list[str] | None = None, *, smoke: bool = False) -> Checked:
+    """Validate a pipeline and everything it names (card, data files, weights, hardware, a first case); no
+    training. ``smoke`` applies :func:`smoke_overrides` first (the caller's overrides still win).
+
+    The task's model is built (seeded) with the backbone weights loaded and checked.
     """
-    import lightning as L
-
     cfg, resolved = load_pipeline(path, overrides)
-    dm = build_datamodule(cfg)
+    if smoke:
+        cfg, resolved = load_pipeline(path, [*smoke_overrides(cfg), *(overrides or [])])
+    hardware = resolve_hardware(cfg)
+    dm = build_datamodule(cfg, hardware)
     dm.check()
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
-    return cfg, resolved, dm, build_task(cfg, dm)
+    return Checked(cfg, resolved, dm, build_task(cfg, dm), hardware)
 
 
 def _new_run_dir(cfg: PipelineConfig) -> Path:
@@ -227,6 +325,65 @@ def _quiet_libraries() -> None:
     for name in ("alembic", "mlflow", "urllib3"):
         logging.getLogger(name).setLevel(logging.WARNING)
     logging.getLogger("lightning.pytorch.loggers.mlflow").setLevel(logging.ERROR)  # "Creating experiment"
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)  # GPU/TPU banners
+
+
+def _mlflow_logger(cfg: PipelineConfig, dm: MedvitDataModule, run_dir: Path, run_id: str | None):
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    return MLFlowLogger(
+        experiment_name=cfg.tracking.experiment,
+        run_name=cfg.tracking.run_name or f"{cfg.name}-{run_dir.name}",
+        tracking_uri=tracking_uri(cfg),
+        run_id=run_id,
+        tags={"medvit.pipeline": cfg.name, "medvit.data_card": dm.card.name, "medvit.task": cfg.task.kind},
+    )
+
+
+def _start_run(checked: Checked, run_dir: Path, run_json: dict[str, Any], *, resumed: bool) -> dict[str, Any]:
+    """Rank 0: the run folder, ``config.yaml``, the MLflow run (params, config, card) and ``run.json``."""
+    cfg = checked.cfg
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(checked.resolved, sort_keys=False))
+    if not cfg.tracking.enabled:
+        return {}
+    logger = _mlflow_logger(cfg, checked.datamodule, run_dir, run_json.get("mlflow_run_id"))
+    client, run_id = logger.experiment, logger.run_id
+    if not resumed:
+        logger.log_hyperparams({k: v for k, v in checked.resolved.items() if k != "description"})
+        client.set_tag(run_id, "mlflow.note.content", cfg.description or cfg.name)
+    client.log_artifact(run_id, str(run_dir / "config.yaml"))
+    client.log_artifact(run_id, str(find_card(cfg.data.card)), artifact_path="data_card")
+    run_json = {"mlflow_run_id": run_id, "experiment_id": logger.experiment_id, "tracking_uri": tracking_uri(cfg)}
+    (run_dir / "run.json").write_text(json.dumps(run_json, indent=2))
+    return run_json
+
+
+def _agree_on_run(probe: L.Trainer, make) -> tuple[Path, dict[str, Any]]:
+    """Every process learns the run folder and MLflow ids that rank 0 ``make()``\\ s, without touching the
+    tracking store itself."""
+    if os.environ.get(RUN_DIR_ENV) and os.environ.get(RUN_JSON_ENV) is not None:  # started by our own parent
+        return Path(os.environ[RUN_DIR_ENV]), json.loads(os.environ[RUN_JSON_ENV])
+    external = probe.world_size > 1 and (
+        probe.strategy.cluster_environment.creates_processes_externally or probe.num_devices == 1
+    )
+    if external:
+        probe.strategy.setup_environment()  # joins the process group now; Lightning's fit reuses it
+    made: tuple[str, dict] | None = None
+    error: str | None = None
+    if probe.global_rank == 0:
+        try:
+            run_dir, run_json = make()
+            made = (str(run_dir), run_json)
+        except MedvitError as exc:
+            error = str(exc)
+    if external:
+        box = [made, error]
+        torch.distributed.broadcast_object_list(box, src=0)
+        made, error = box
+    if error is not None:
+        raise RunFailed(error if probe.global_rank == 0 else f"rank 0 could not start the run: {error}")
+    return Path(made[0]), made[1]
 
 
 def run_pipeline(
@@ -234,61 +391,87 @@ def run_pipeline(
     overrides: list[str] | None = None,
     *,
     resume: str | Path | None = None,
+    smoke: bool = False,
+    echo=print,
 ) -> RunResult:
     """Run a pipeline end to end (or resume the run in ``resume`` from its last checkpoint).
 
     Raises:
-        ConfigError / InputError: Bad pipeline, data or weights (before anything is written).
+        ConfigError / InputError: Bad pipeline, data, weights or hardware (before anything is written).
+        RunFailed: The run failed or was interrupted after its folder existed (its MLflow run is marked).
     """
-    import yaml
-
     _quiet_libraries()
-    ckpt_path = None
-    run_json: dict[str, Any] = {}
+    ckpt_path, resume_dir, run_json = None, None, {}
     if resume is not None:
-        run_dir = Path(resume)
-        config_file = run_dir / "config.yaml"
+        resume_dir = Path(resume)
+        config_file = resume_dir / "config.yaml"
         if not config_file.is_file():
-            raise InputError(f"{run_dir}: not a medvit run folder (no config.yaml)")
-        last = run_dir / "checkpoints" / "last.ckpt"
+            raise InputError(f"{resume_dir}: not a medvit run folder (no config.yaml)")
+        last = resume_dir / "checkpoints" / "last.ckpt"
         if not last.is_file():
-            raise InputError(f"{run_dir}: no checkpoints/last.ckpt to resume from")
-        if (run_dir / "run.json").is_file():
-            run_json = json.loads((run_dir / "run.json").read_text())
+            raise InputError(f"{resume_dir}: no checkpoints/last.ckpt to resume from")
+        if (resume_dir / "run.json").is_file():
+            run_json = json.loads((resume_dir / "run.json").read_text())
         ckpt_path = str(last)
-        cfg, resolved, dm, task = check_pipeline(config_file, overrides)
+        checked = check_pipeline(config_file, overrides)
     else:
         if path is None:
-            raise ConfigError("give a pipeline file, or --resume RUN_DIR")
-        cfg, resolved, dm, task = check_pipeline(path, overrides)
-        run_dir = Path(os.environ[RUN_DIR_ENV]) if os.environ.get(RUN_DIR_ENV) else _new_run_dir(cfg)
+            raise ConfigError("give a pipeline file or name, or --resume RUN_DIR")
+        checked = check_pipeline(path, overrides, smoke=smoke)
+    cfg, dm, hw = checked.cfg, checked.datamodule, checked.hardware
 
-    rank0 = is_rank_zero()
-    os.environ[RUN_DIR_ENV] = str(run_dir.resolve())  # DDP children re-run this command and find it here
+    probe = build_trainer(cfg, hw, run_dir=None)
+    rank0 = probe.global_rank == 0
     if rank0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        echo(hw.note)
 
+    def make() -> tuple[Path, dict[str, Any]]:
+        run_dir = resume_dir if resume_dir is not None else _new_run_dir(cfg)
+        return run_dir, _start_run(checked, run_dir, run_json, resumed=resume_dir is not None)
+
+    run_dir, run_json = _agree_on_run(probe, make)
+    os.environ[RUN_DIR_ENV] = str(run_dir.resolve())  # processes Lightning starts re-run this command
+    os.environ[RUN_JSON_ENV] = json.dumps(run_json)
     logger = None
-    uri = tracking_uri(cfg)
-    if cfg.tracking.enabled:
-        from lightning.pytorch.loggers import MLFlowLogger
+    if rank0 and run_json.get("mlflow_run_id"):
+        logger = _mlflow_logger(cfg, dm, run_dir, run_json["mlflow_run_id"])
+    try:
+        trainer = build_trainer(cfg, hw, run_dir=run_dir, logger=logger)
+        return _train(checked, trainer, run_dir, run_json, logger, ckpt_path)
+    except BaseException as exc:  # noqa: BLE001 - every failure marks the run and reports one line
+        if not rank0:
+            raise
+        raise _failed(exc, run_dir, run_json, cfg) from None
+    finally:
+        os.environ.pop(RUN_DIR_ENV, None)
+        os.environ.pop(RUN_JSON_ENV, None)
 
-        logger = MLFlowLogger(
-            experiment_name=cfg.tracking.experiment,
-            run_name=cfg.tracking.run_name or f"{cfg.name}-{run_dir.name}",
-            tracking_uri=uri,
-            run_id=run_json.get("mlflow_run_id"),
-            tags={"medvit.pipeline": cfg.name, "medvit.data_card": dm.card.name, "medvit.task": cfg.task.kind},
-        )
-        if rank0:
-            _log_start(logger, cfg, resolved, dm, run_dir, resumed=ckpt_path is not None)
-            run_json = {"mlflow_run_id": logger.run_id, "experiment_id": logger.experiment_id, "tracking_uri": uri}
-            (run_dir / "run.json").write_text(json.dumps(run_json, indent=2))
 
-    trainer = build_trainer(cfg, run_dir=run_dir, logger=logger)
+def _failed(exc: BaseException, run_dir: Path, run_json: dict[str, Any], cfg: PipelineConfig) -> BaseException:
+    """Mark the MLflow run FAILED (KILLED when interrupted), keep the traceback, and say so in one line."""
+    interrupted = isinstance(exc, KeyboardInterrupt | SystemExit) or type(exc).__name__ == "SIGTERMException"
+    status = "KILLED" if interrupted else "FAILED"
+    with open(run_dir / "error.log", "a") as fh:
+        fh.write("".join(traceback.format_exception(exc)))
+    run_id = run_json.get("mlflow_run_id")
+    marked = ""
+    if run_id:
+        try:
+            from mlflow import MlflowClient
+
+            MlflowClient(tracking_uri(cfg)).set_terminated(run_id, status)
+            marked = f"; MLflow run {run_id} marked {status}"
+        except Exception as err:  # noqa: BLE001 - the store may be what failed
+            marked = f"; MLflow run {run_id} could not be marked {status} ({one_line(err, 120)})"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    again = f"; resume with: medvit run --resume {run_dir}" if last.is_file() else ""
+    what = "interrupted" if interrupted else f"failed: {one_line(exc, 200)}"
+    return RunFailed(f"run {what} (traceback in {run_dir / 'error.log'}{marked}{again})")
+
+
+def _train(checked: Checked, trainer: L.Trainer, run_dir: Path, run_json: dict, logger, ckpt_path) -> RunResult:
+    cfg, dm, task = checked.cfg, checked.datamodule, checked.task
     trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
-
     metrics = _scalars(trainer.callback_metrics)  # the last validation
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best and trainer.checkpoint_callback.best_model_score is not None:
@@ -298,12 +481,21 @@ def run_pipeline(
         metrics.update(_scalars(trainer.callback_metrics))
     elif best:
         _load_weights(task, best)
+    uri = tracking_uri(cfg) if cfg.tracking.enabled else None
     result = RunResult(run_dir=run_dir, package=None, metrics=metrics, tracking_uri=uri)
+    result.test_is_validation = bool(dm.datalist) and not dm.datalist["test"]
     if not trainer.is_global_zero:
         return result
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     result.mlflow_run_id = run_json.get("mlflow_run_id")
-    result.package = write_package(task, cfg, dm, run_dir, metrics=metrics, mlflow_run_id=result.mlflow_run_id)
+    provenance = Provenance(
+        pipeline=cfg.name,
+        data_card=dm.card.name,
+        run_id=result.mlflow_run_id,
+        experiment_id=run_json.get("experiment_id"),
+        metrics={k: v for k, v in metrics.items() if k.startswith(("val/", "test/", "best/"))},
+    )
+    result.package = write_package(task, cfg, dm, run_dir, provenance=provenance)
     if logger is not None:
         client = logger.experiment
         client.log_artifacts(logger.run_id, str(result.package), artifact_path="package")
@@ -315,6 +507,7 @@ def run_pipeline(
                 result.package, name=cfg.tracking.register_as, alias=cfg.tracking.alias, tracking_uri=uri,
                 run_id=logger.run_id,
             )  # fmt: skip
+        client.set_terminated(logger.run_id, "FINISHED")
     return result
 
 
@@ -323,48 +516,27 @@ def _scalars(metrics: dict) -> dict[str, float]:
 
 
 def _load_weights(task, ckpt: str) -> None:
-    import torch
-
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     task.load_state_dict(state)
 
 
-def _log_start(logger, cfg: PipelineConfig, resolved: dict, dm, run_dir: Path, *, resumed: bool) -> None:
-    """Params, the resolved config and the data card, logged before training starts."""
-    client, run_id = logger.experiment, logger.run_id
-    if not resumed:
-        params = flatten({k: v for k, v in resolved.items() if k not in ("description",)})
-        logger.log_hyperparams({k: v[:500] for k, v in params.items()})
-        client.set_tag(run_id, "mlflow.note.content", cfg.description or cfg.name)
-    client.log_artifact(run_id, str(run_dir / "config.yaml"))
-    from medvit.data.cards import find_card
-
-    client.log_artifact(run_id, str(find_card(cfg.data.card)), artifact_path="data_card")
-
-
 def write_package(
-    task, cfg: PipelineConfig, dm, run_dir: Path, *, metrics: dict, mlflow_run_id: str | None
+    task, cfg: PipelineConfig, dm: MedvitDataModule, run_dir: Path, *, provenance: Provenance
 ) -> Path:
     """The run's model package: the trained network, its label map, preprocessing and inference settings."""
-    from medvit.package import PackageSpec, save_package
-
     model_spec = task.model_spec.model_dump(mode="json")
     weights = model_spec["backbone"].get("weights")
     model_spec["backbone"]["weights"] = None  # the package holds all weights
+    if isinstance(weights, str):
+        provenance = provenance.model_copy(update={"backbone_weights": Path(weights).name})
     spec = PackageSpec(
         name=cfg.name,
         task=cfg.task.kind,
-        multi_label=cfg.task.multi_label,
         labels=dm.labels,
         model=model_spec,
         preprocessing=dm.preprocess,
         inference=inference_spec(cfg, dm),
-        provenance={
-            "pipeline": cfg.name,
-            "data_card": dm.card.name,
-            "mlflow_run_id": mlflow_run_id,
-            "backbone_weights": Path(str(weights)).name if isinstance(weights, str) else None,
-            "metrics": {k: v for k, v in metrics.items() if k.startswith(("val/", "test/", "best/"))},
-        },
+        provenance=provenance,
+        **cfg.kind.package_fields(cfg.task),
     )
     return save_package(task.model, spec, run_dir / "package", overwrite=True)

@@ -40,17 +40,20 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def validation_line(err, source: str, *, messages: dict | None = None) -> str:
+def validation_line(err, source: str, *, messages: dict | None = None, tags=()) -> str:
     """One line naming every offending key of a pydantic ``ValidationError`` and the ``source`` file.
 
     Args:
         err: The ``ValidationError``.
         source: What was validated (a file, or ``file < overrides``).
         messages: ``{error type: fn(error dict) -> message}`` for messages clearer than pydantic's.
+        tags: Discriminated-union tags to leave out of key paths (``task.hd95``, not
+            ``task.segmentation.hd95``).
     """
     parts = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
+        path = [str(p) for p in e["loc"] if not str(p).startswith("function-after")]
+        loc = ".".join(p for i, p in enumerate(path) if not (i == 1 and p in tags))
         msg = e["msg"].removeprefix("Value error, ")
         if messages and e["type"] in messages:
             msg = messages[e["type"]](e)

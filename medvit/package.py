@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from medvit.errors import InputError, one_line, validation_line
+from medvit.errors import ConfigError, InputError, one_line, validation_line
 from medvit.models.spec import ModelSpec
+from medvit.tasks import TaskKind, get_kind
 from medvit.transforms.preprocess import PreprocessSpec
 
 FORMAT = "medvit-package"
@@ -62,6 +61,28 @@ class InferenceSpec(_Strict):
         return self
 
 
+class Provenance(BaseModel):
+    """Non-identifying facts about the run that made a package (entries medvit does not know are dropped).
+
+    Attributes:
+        pipeline: Pipeline name.
+        data_card: Data card name.
+        run_id: The MLflow run that trained it (``medvit register`` logs the package into that run).
+        experiment_id: Its MLflow experiment.
+        backbone_weights: File name (no folder) of the pretrained backbone weights it started from.
+        metrics: Validation/test metrics at the end of the run.
+    """
+
+    pipeline: str | None = None
+    data_card: str | None = None
+    run_id: str | None = Field(None, validation_alias=AliasChoices("run_id", "mlflow_run_id"))
+    experiment_id: str | None = None
+    backbone_weights: str | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+    model_config = ConfigDict(extra="ignore")
+
+
 class PackageSpec(_Strict):
     """Contents of ``medvit.yaml``.
 
@@ -74,21 +95,21 @@ class PackageSpec(_Strict):
     format_version: int = FORMAT_VERSION
     medvit_version: str = ""
     name: str
-    task: Literal["classification", "segmentation", "cells"]
+    task: str
     multi_label: bool = False
     labels: dict[int, str]
     model: ModelSpec
     preprocessing: PreprocessSpec
     inference: InferenceSpec = Field(default_factory=InferenceSpec)
-    provenance: dict[str, Any] = Field(default_factory=dict)
+    provenance: Provenance = Field(default_factory=Provenance)
 
     @model_validator(mode="after")
     def _check(self) -> PackageSpec:
         if self.format_version > FORMAT_VERSION:
             raise ValueError(f"format_version {self.format_version} is newer than this medvit reads")
-        if self.model.head.name == "cellvta" and self.task != "cells":
-            raise ValueError("a cellvta head is a 'cells' task")
-        if self.task != "cells" and len(self.labels) != self.model.num_classes:
+        kind = self.kind
+        kind.check_head(self.model.head.name)
+        if kind.labels_are_outputs and len(self.labels) != self.model.num_classes:
             n = self.model.num_classes
             raise ValueError(f"labels name {len(self.labels)} classes, model.num_classes is {n}")
         return self
@@ -96,6 +117,14 @@ class PackageSpec(_Strict):
     @property
     def spatial_dims(self) -> int:
         return self.preprocessing.spatial_dims
+
+    @property
+    def kind(self) -> TaskKind:
+        """The registered :class:`~medvit.tasks.TaskKind` of ``task``."""
+        try:
+            return get_kind(self.task)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
 
 
 def parse_spec(data: Any, source: str) -> PackageSpec:
@@ -178,25 +207,19 @@ def save_package(
     from safetensors.torch import save_file
 
     import medvit
+    from medvit.io.atomic import atomic_dir
 
     spec = spec if isinstance(spec, PackageSpec) else PackageSpec.model_validate(spec)
     spec = spec.model_copy(update={"medvit_version": medvit.__version__})
     folder = Path(folder)
     if folder.exists() and not overwrite:
         raise InputError(f"{folder}: already exists; choose another folder or pass overwrite=True")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with atomic_dir(folder, overwrite=overwrite) as tmp:
         state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
         data = spec.model_dump(mode="json")
         (tmp / SPEC_FILE).write_text(yaml.safe_dump(data, sort_keys=False))
         parse_spec(yaml.safe_load((tmp / SPEC_FILE).read_text()), str(folder / SPEC_FILE))  # reads back
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 

@@ -7,14 +7,16 @@ keys and wrong types are errors naming the key and the file; objects are chosen 
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from medvit.config import compose_pipeline
 from medvit.errors import ConfigError, validation_line
 from medvit.models.spec import AdapterSpec, BackboneSpec, HeadSpec, ModelSpec
+from medvit.tasks import KINDS, TaskSection, get_kind
 from medvit.tasks.optim import OptimizerSpec
 from medvit.transforms.presets import TransformsSpec
 
@@ -42,14 +44,6 @@ class ModelSection(_Strict):
     adapter: AdapterSpec = Field(default_factory=AdapterSpec)
     head: HeadSpec
     num_classes: int | None = Field(None, ge=1)
-
-
-class TaskSection(_Strict):
-    kind: Literal["classification", "segmentation", "cells"]
-    multi_label: bool = False
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-    hd95: bool = True
-    loss_weights: dict[str, float] | None = None
 
 
 class InferenceSection(_Strict):
@@ -95,7 +89,7 @@ class TrainerSection(_Strict):
     seed: int = 0
     progress: Literal["rich", "tqdm", "none"] = "rich"
     monitor: str | None = None
-    monitor_mode: Literal["max", "min"] = "max"
+    monitor_mode: Literal["max", "min"] | None = None  # default: the task kind's
     test: bool = True
 
 
@@ -122,7 +116,7 @@ class PipelineConfig(_Strict):
     data: DataSection
     transforms: TransformsSpec
     model: ModelSection
-    task: TaskSection
+    task: TaskSection  # narrowed to the union of the registered kinds' sections by pipeline_schema()
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     trainer: TrainerSection = Field(default_factory=TrainerSection)
     inference: InferenceSection = Field(default_factory=InferenceSection)
@@ -131,12 +125,7 @@ class PipelineConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> PipelineConfig:
-        if self.task.kind == "cells" and self.model.head.name != "cellvta":
-            raise ValueError("task.kind 'cells' needs model.head.name 'cellvta'")
-        if self.task.kind == "classification" and self.model.head.name != "linear":
-            raise ValueError("task.kind 'classification' needs model.head.name 'linear'")
-        if self.task.kind == "segmentation" and self.model.head.name in ("linear", "cellvta"):
-            raise ValueError(f"model.head.name {self.model.head.name!r} does not segment")
+        get_kind(self.task.kind).check_head(self.model.head.name)
         return self
 
     def model_spec(self, num_classes: int) -> ModelSpec:
@@ -144,9 +133,37 @@ class PipelineConfig(_Strict):
         data["num_classes"] = self.model.num_classes or num_classes
         return ModelSpec.model_validate(data)
 
+    @property
+    def kind(self):
+        """The :class:`~medvit.tasks.TaskKind` of ``task.kind``."""
+        return get_kind(self.task.kind)
+
     def monitor(self) -> str:
-        default = {"segmentation": "val/dice", "classification": "val/auroc", "cells": "val/mpq"}
-        return self.trainer.monitor or default[self.task.kind]
+        return self.trainer.monitor or self.kind.monitor
+
+    def monitor_mode(self) -> str:
+        return self.trainer.monitor_mode or self.kind.monitor_mode
+
+
+@lru_cache(maxsize=8)
+def _schema(kinds: tuple[str, ...]) -> type[PipelineConfig]:
+    sections = tuple(KINDS[k].section for k in kinds)
+    task = sections[0] if len(sections) == 1 else Annotated[Union[sections], Field(discriminator="kind")]  # noqa: UP007
+    return create_model("PipelineConfig", __base__=PipelineConfig, task=(task, ...))
+
+
+def pipeline_schema() -> type[PipelineConfig]:
+    """:class:`PipelineConfig` with ``task`` validated as the section of its kind (a discriminated union
+    over the registered kinds)."""
+    return _schema(tuple(KINDS))
+
+
+def _bad_kind(e: dict) -> str:
+    return f"unknown task kind {e.get('ctx', {}).get('tag')!r} (known: {', '.join(KINDS)})"
+
+
+def _no_kind(e: dict) -> str:
+    return f"missing 'kind' (one of {', '.join(KINDS)})"
 
 
 def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> tuple[PipelineConfig, dict[str, Any]]:
@@ -154,7 +171,8 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> tuple
     (defaults filled in), which is what the run folder and MLflow record."""
     merged, source = compose_pipeline(path, overrides)
     try:
-        cfg = PipelineConfig.model_validate(merged)
+        cfg = pipeline_schema().model_validate(merged)
     except ValidationError as err:
-        raise ConfigError(validation_line(err, source)) from None
+        messages = {"union_tag_invalid": _bad_kind, "union_tag_not_found": _no_kind}
+        raise ConfigError(validation_line(err, source, messages=messages, tags=KINDS)) from None
     return cfg, cfg.model_dump(mode="json")

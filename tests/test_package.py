@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import pytest
 import torch
 import yaml
@@ -9,7 +12,7 @@ from packages import make_package
 
 from medvit.errors import ConfigError, InputError
 from medvit.models import build_model
-from medvit.package import SPEC_FILE, WEIGHTS_FILE, load_package, package_hash
+from medvit.package import SPEC_FILE, WEIGHTS_FILE, load_package, package_hash, save_package
 
 
 @pytest.mark.parametrize("kind", ["seg3d", "seg2d", "cls2d"])
@@ -37,6 +40,24 @@ def test_existing_folder_is_not_overwritten(tmp_path):
     make_package(tmp_path / "pkg", "cls2d")
     with pytest.raises(InputError, match="already exists"):
         make_package(tmp_path / "pkg", "cls2d")
+
+
+def test_package_is_readable_by_colleagues_and_overwrite_replaces(tmp_path):
+    """Under umask 022 the folder is 0755 and its files 0644 (not the owner-only modes of a temp folder)."""
+    old = os.umask(0o022)
+    try:
+        folder = make_package(tmp_path / "pkg", "cls2d", seed=1)
+        first = package_hash(folder)
+        model = build_model(load_package(folder).spec.model)
+        save_package(model, load_package(folder).spec, folder, overwrite=True)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+    assert sorted(p.name for p in folder.iterdir()) == sorted([SPEC_FILE, WEIGHTS_FILE])
+    for f in folder.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o644, f.name
+    assert package_hash(folder) != first
+    assert [p.name for p in tmp_path.iterdir()] == ["pkg"]  # no temp folder or moved-aside old package left
 
 
 def _edit(folder, **changes):

@@ -1,10 +1,8 @@
-"""Adapters that wrap a frozen (or lightly tuned) backbone without forking it: LoRA, AdapterTune,
-FunduSegmenter and CellVTA. Every adapter reports ``count_parameters(module) -> (trainable, total)``."""
+"""Adapters that wrap a frozen (or lightly tuned) backbone without forking it: LoRA and AdapterTune.
+Every adapter reports ``count_parameters(module) -> (trainable, total)`` (from :mod:`medvit.layers.params`,
+re-exported here). FunduSegmenter and CellVTA are heads: :mod:`medvit.heads`."""
 
 from medvit.adapters.adaptertune import apply_adaptertune, remove_adaptertune
-from medvit.adapters.cellvta import CellVTA
-from medvit.adapters.common import count_parameters, freeze, parameter_report, unfreeze
-from medvit.adapters.funduseg import FunduSegmenter
 from medvit.adapters.lora import (
     LoRALinear,
     apply_lora,
@@ -13,10 +11,9 @@ from medvit.adapters.lora import (
     remove_lora,
     unmerge_lora,
 )
+from medvit.layers.params import count_parameters, freeze, parameter_report, unfreeze
 
 __all__ = [
-    "CellVTA",
-    "FunduSegmenter",
     "LoRALinear",
     "apply_adaptertune",
     "apply_lora",

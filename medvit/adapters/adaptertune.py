@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from medvit.adapters.common import freeze, remove_hooks
+from medvit.layers.params import freeze, remove_hooks
 
 
 class Bottleneck(nn.Module):

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medvit.adapters.common import freeze
+from medvit.layers.params import freeze
 
 # target name -> the linear layers it selects inside each block (fc1/fc2 of the MLP, w12/w3 of SwiGLU)
 TARGETS = {

@@ -146,20 +146,58 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
         raise CheckpointError(f"{path}: not a readable safetensors file ({one_line(exc, 160)})") from exc
 
 
+HF_WEIGHTS = "model.safetensors"
+HF_INDEX = "model.safetensors.index.json"
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt", ".h5", ".msgpack", ".gguf")
+
+
+def _hf_shards(path: Path) -> tuple[list[str], dict[str, str]]:
+    """The weight files a HF folder names (index shards, else ``model.safetensors``) and the index's key map."""
+    index_file = path / HF_INDEX
+    if not index_file.is_file():
+        if not (path / HF_WEIGHTS).is_file():
+            raise CheckpointError(f"{path}: a weights folder needs {HF_WEIGHTS} (or {HF_INDEX} and its shards)")
+        return [HF_WEIGHTS], {}
+    try:
+        weight_map = json.loads(index_file.read_text())["weight_map"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{index_file}: not a valid safetensors index ({one_line(exc, 160)})") from exc
+    if not (isinstance(weight_map, dict) and weight_map and all(isinstance(v, str) for v in weight_map.values())):
+        raise CheckpointError(f"{index_file}: weight_map must map tensor names to shard file names")
+    shards = sorted(set(weight_map.values()))
+    for shard in shards:
+        if Path(shard).name != shard or shard in ("", ".", ".."):
+            raise CheckpointError(f"{index_file}: shard {shard!r} is not a file name inside {path}")
+        if not (path / shard).is_file():
+            raise CheckpointError(f"{path}: shard {shard} named by {HF_INDEX} is missing")
+    return shards, weight_map
+
+
 def _read_hf_folder(path: Path) -> Checkpoint:
     config_file = path / "config.json"
     if not config_file.is_file():
-        raise CheckpointError(f"{path}: a weights folder needs config.json and model.safetensors (no config.json)")
+        raise CheckpointError(f"{path}: a weights folder needs config.json and {HF_WEIGHTS} (no config.json)")
     try:
         config = json.loads(config_file.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{config_file}: not valid JSON ({one_line(exc, 160)})") from exc
-    files = sorted(path.glob("model*.safetensors"))
-    if not files:
-        raise CheckpointError(f"{path}: a weights folder needs model.safetensors (or model-*-of-*.safetensors)")
+    shards, weight_map = _hf_shards(path)
+    stray = sorted(
+        f.name
+        for f in path.iterdir()
+        if f.is_file() and f.name.lower().endswith(_WEIGHT_SUFFIXES) and f.name not in shards
+    )
+    if stray:
+        read = f"the shards named by {HF_INDEX}" if weight_map else HF_WEIGHTS
+        raise CheckpointError(
+            f"{path}: stray weight file {stray[0]} (medvit reads only {read}); move it out of the folder"
+        )
     state: dict[str, torch.Tensor] = {}
-    for f in files:
-        state.update(_read_safetensors(f)[0])
+    for shard in shards:
+        state.update(_read_safetensors(path / shard)[0])
+    absent = sorted(k for k in weight_map if k not in state)
+    if absent:
+        raise CheckpointError(f"{path}: {HF_INDEX} names tensors its shards lack: {_short(absent, 4)}")
     return Checkpoint(path, state, "hf", config)
 
 
@@ -185,16 +223,21 @@ def read_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False) -> C
 
 
 def save_backbone(model: nn.Module, path: str | os.PathLike) -> Path:
-    """Write a backbone's weights as safetensors that :func:`medvit.create_backbone` reloads as-is."""
+    """Write a backbone's weights as safetensors that :func:`medvit.create_backbone` reloads as-is.
+
+    The file is written under a temporary name beside ``path`` and renamed when complete; a failure leaves
+    neither the temporary file nor a partial ``path``.
+    """
     from safetensors.torch import save_file
+
+    from medvit.io.atomic import atomic_path  # here: importing medvit.io loads the image readers
 
     path = Path(path)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     cfg = getattr(model, "pretrained_cfg", None)
     meta = {"format": MEDVIT_FORMAT, "backbone": getattr(cfg, "name", "") or ""}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata=meta)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
     return path
 
 

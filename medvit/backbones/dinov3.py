@@ -164,7 +164,7 @@ def _close(a: Any, b: Any) -> bool:
     return isinstance(a, float) and isinstance(b, int | float) and abs(a - b) <= 1e-9 * max(1.0, abs(a))
 
 
-DINOV3 = Family("DINOv3", normalise, checkpoint_filter, DINOV3_DROPS, check_config)
+DINOV3 = Family("DINOv3", normalise, DINOV3_DROPS, check_config, custom_filter=checkpoint_filter)
 
 _HASHES = {
     "vits16": "08c60483",

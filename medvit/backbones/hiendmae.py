@@ -22,9 +22,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import nn
 
-from medvit.backbones.checkpoints import drop, fit_pos_embed, strip_prefix, unwrap
+from medvit.backbones.checkpoints import strip_prefix, unwrap
 from medvit.backbones.registry import Family, PretrainedCfg, register
 
 HIENDMAE_DROPS = ("mask_token", "decoder.*", "decoder_*", "encoder_to_decoder*")
@@ -38,15 +37,8 @@ def normalise(obj: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     return strip_prefix(state, "encoder.")
 
 
-def checkpoint_filter(state_dict: Mapping[str, Any], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Map a Hi-End-MAE pre-training file onto the medvit 3D ViT; pure.
-
-    The decoder is dropped and ``pos_embed`` is resampled trilinearly when the model's crop differs from 96^3.
-    """
-    return fit_pos_embed(drop(normalise(state_dict), HIENDMAE_DROPS), model)
-
-
-HIENDMAE = Family("Hi-End-MAE", normalise, checkpoint_filter, HIENDMAE_DROPS)
+# the decoder is dropped; ``pos_embed`` is resampled trilinearly when the model's crop differs from 96^3
+HIENDMAE = Family("Hi-End-MAE", normalise, HIENDMAE_DROPS)
 
 
 @register(

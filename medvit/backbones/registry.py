@@ -18,6 +18,7 @@ import torch
 from medvit.backbones.checkpoints import (
     CheckpointError,
     LoadReport,
+    drop,
     fit_pos_embed,
     load_strict,
     matches,
@@ -74,18 +75,27 @@ class Family:
     Attributes:
         name: Family name for messages.
         normalise: Pure, idempotent: unwrap the training checkpoint, strip prefixes, rename keys.
-        checkpoint_filter: Pure ``(state_dict, model) -> state_dict``: ``normalise``, drop the expected keys,
-            fit the position embedding. The result must match the model exactly.
         expected_drops: Glob patterns (on normalised keys) of the keys this family's files carry and the
             backbone does not use; anything else that does not fit is an error.
         check_config: For Hugging Face folders: ``(config, model, path)`` raising on an architecture mismatch.
+        custom_filter: A family's own ``(state_dict, model) -> state_dict`` when the default
+            :meth:`checkpoint_filter` is not enough (DINOv3 checks its RoPE periods).
     """
 
     name: str
     normalise: Callable[[Mapping[str, Any]], dict[str, torch.Tensor]]
-    checkpoint_filter: Callable[[Mapping[str, Any], torch.nn.Module], dict[str, torch.Tensor]]
     expected_drops: tuple[str, ...] = ()
     check_config: Callable[[dict, torch.nn.Module, str], None] | None = None
+    custom_filter: Callable[[Mapping[str, Any], torch.nn.Module], dict[str, torch.Tensor]] | None = None
+
+    def checkpoint_filter(self, state_dict: Mapping[str, Any], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """Map a file's state dict onto ``model``; pure. The result must match the model exactly.
+
+        By default: :attr:`normalise`, drop :attr:`expected_drops`, resample ``pos_embed`` to the model grid.
+        """
+        if self.custom_filter is not None:
+            return self.custom_filter(state_dict, model)
+        return fit_pos_embed(drop(self.normalise(state_dict), self.expected_drops), model)
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import nn
 
-from medvit.backbones.checkpoints import drop, fit_pos_embed, strip_prefix, unwrap
+from medvit.backbones.checkpoints import strip_prefix, unwrap
 from medvit.backbones.registry import Family, PretrainedCfg, register
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -39,15 +38,8 @@ def normalise_mae(obj: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     return strip_prefix(unwrap(obj), "module.")
 
 
-def mae_checkpoint_filter(state_dict: Mapping[str, Any], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Map an MAE pre-training (or fine-tuned) RETFound file onto the medvit ViT; pure.
-
-    Drops the decoder and ``mask_token``; resamples ``pos_embed`` (bicubic, CLS kept) to the model grid.
-    """
-    return fit_pos_embed(drop(normalise_mae(state_dict), MAE_DROPS), model)
-
-
-MAE = Family("RETFound MAE", normalise_mae, mae_checkpoint_filter, MAE_DROPS)
+# the decoder and ``mask_token`` are dropped; ``pos_embed`` is resampled (bicubic, CLS kept) to the model grid
+MAE = Family("RETFound MAE", normalise_mae, MAE_DROPS)
 
 
 def _retfound_cfg(tag: str, modality: str) -> PretrainedCfg:
@@ -95,12 +87,7 @@ def normalise_dinov2(obj: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     return out
 
 
-def dinov2_checkpoint_filter(state_dict: Mapping[str, Any], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Map RETFound's DINOv2 teacher file onto the medvit ViT-L/14; pure. Heads and ``mask_token`` dropped."""
-    return fit_pos_embed(drop(normalise_dinov2(state_dict), DINOV2_DROPS), model)
-
-
-DINOV2 = Family("RETFound DINOv2", normalise_dinov2, dinov2_checkpoint_filter, DINOV2_DROPS)
+DINOV2 = Family("RETFound DINOv2", normalise_dinov2, DINOV2_DROPS)
 
 
 @register(

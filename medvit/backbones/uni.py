@@ -11,9 +11,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import nn
 
-from medvit.backbones.checkpoints import drop, fit_pos_embed, strip_prefix, unwrap
+from medvit.backbones.checkpoints import strip_prefix, unwrap
 from medvit.backbones.registry import Family, PretrainedCfg, register
 
 UNI_DROPS = ("mask_token",)
@@ -24,12 +23,7 @@ def normalise(obj: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     return strip_prefix(strip_prefix(unwrap(obj), "module."), "encoder.")
 
 
-def checkpoint_filter(state_dict: Mapping[str, Any], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Map UNI's timm state dict onto the medvit ViT-L/16 (pos embed resampled bicubically); pure."""
-    return fit_pos_embed(drop(normalise(state_dict), UNI_DROPS), model)
-
-
-UNI = Family("UNI", normalise, checkpoint_filter, UNI_DROPS)
+UNI = Family("UNI", normalise, UNI_DROPS)  # pos embed resampled bicubically to the model grid
 
 
 @register(

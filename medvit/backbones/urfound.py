@@ -8,25 +8,14 @@ The pre-training file is ``{'model', 'optimizer', 'epoch', 'scaler', 'args'}``; 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
-import torch
-from torch import nn
-
-from medvit.backbones.checkpoints import drop, fit_pos_embed
 from medvit.backbones.registry import Family, PretrainedCfg, register
 from medvit.backbones.retfound import IMAGENET_MEAN, IMAGENET_STD, normalise_mae
 
 URFOUND_DROPS = ("mask_token", "decoder_*", "decoder.*", "bert_*")
 
-
-def checkpoint_filter(state_dict: Mapping[str, Any], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Map UrFound's pre-training file onto the medvit ViT-B/16; pure (pos embed resampled bicubically)."""
-    return fit_pos_embed(drop(normalise_mae(state_dict), URFOUND_DROPS), model)
-
-
-URFOUND = Family("UrFound", normalise_mae, checkpoint_filter, URFOUND_DROPS)
+URFOUND = Family("UrFound", normalise_mae, URFOUND_DROPS)
 
 
 @register(

@@ -201,8 +201,8 @@ class VisionTransformer(nn.Module):
         self.grad_checkpointing = enable
 
     def no_weight_decay(self) -> set[str]:
-        """Parameter names that optimisers usually exclude from weight decay."""
-        return {"pos_embed", "cls_token", "reg_token"}
+        """Names (relative to this module) of the tokens and embeddings that get no weight decay (timm's hook)."""
+        return {name for name in ("cls_token", "reg_token", "pos_embed") if getattr(self, name) is not None}
 
     # -- embedding ---------------------------------------------------------------------------------------
 

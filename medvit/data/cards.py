@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medvit.errors import ConfigError, validation_line
+from medvit.resources import shipped_dir
+from medvit.transforms.presets import CARD_TASKS
 
 CARDS_ENV = "MEDVIT_CARDS_PATH"
 
@@ -151,7 +153,6 @@ class Preprocessing(_Strict):
     notes: str | None = None
 
 
-TASKS = ("segmentation", "classification", "multilabel", "instance")
 
 
 class DataCard(_Strict):
@@ -162,7 +163,7 @@ class DataCard(_Strict):
     description: str
     modality: str
     spatial_dims: Literal[2, 3]
-    task: Literal["segmentation", "classification", "multilabel", "instance"]
+    task: Literal[CARD_TASKS]  # what the labels are; the task kinds say which they train on
     labels: dict[int, str]
     intended_use: str
     source: str
@@ -220,9 +221,9 @@ def parse_card(data: Any, source: str = "<card>") -> DataCard:
 
 
 def card_dirs() -> list[Path]:
-    """Where cards are looked up: ``$MEDVIT_CARDS_PATH`` entries, ``./data_cards``, the repository's cards."""
+    """Where cards are looked up: ``$MEDVIT_CARDS_PATH`` entries, ``./data_cards``, medvit's shipped cards."""
     dirs = [Path(p) for p in os.environ.get(CARDS_ENV, "").split(os.pathsep) if p]
-    dirs += [Path.cwd() / "data_cards", Path(__file__).resolve().parents[2] / "data_cards"]
+    dirs += [Path.cwd() / "data_cards", shipped_dir("data_cards")]
     seen, out = set(), []
     for d in dirs:
         if d.is_dir() and d.resolve() not in seen:

@@ -22,11 +22,6 @@ from medvit.transforms.presets import TransformsSpec, build_transforms, parse_tr
 
 log = logging.getLogger(__name__)
 
-# pipeline task -> the card tasks it can train on
-CARD_TASKS = {"segmentation": ("segmentation",), "classification": ("classification", "multilabel"),
-              "cells": ("instance",)}  # fmt: skip
-TASK_NAMES = {"instance": "cells", "multilabel": "classification"}
-
 
 def _root_cause(exc: BaseException) -> BaseException:
     """The error a MONAI ``Compose`` wrapped (``RuntimeError: applying transform ...`` chains)."""
@@ -43,8 +38,6 @@ class MedvitDataModule(L.LightningDataModule):
         card: A :class:`DataCard` or a card name/path for :func:`medvit.data.load_card`.
         root: Folder the card's files are in (``None`` for synthetic cards: the medvit cache).
         transforms: The pipeline's ``transforms:`` section (a spec or plain mapping).
-        task: ``segmentation``, ``classification`` or ``cells`` (the card's ``instance``/``multilabel``
-            are accepted too); must fit the card's task.
         batch_size: Training batch size (3D: volumes; each yields ``samples_per_volume`` crops).
         val_batch_size: Validation/test batch size (3D volumes are whole, so usually 1).
         num_workers: Loader worker processes.
@@ -59,7 +52,6 @@ class MedvitDataModule(L.LightningDataModule):
         *,
         root: str | None = None,
         transforms: TransformsSpec | dict[str, Any],
-        task: str,
         batch_size: int = 2,
         val_batch_size: int = 1,
         num_workers: int = 0,
@@ -71,14 +63,7 @@ class MedvitDataModule(L.LightningDataModule):
         self.card = card if isinstance(card, DataCard) else load_card(card)
         self.root = None if root in (None, "") else str(root)
         self.transforms = parse_transforms(transforms)
-        task_name = TASK_NAMES.get(task, task)
-        if task_name not in CARD_TASKS:
-            raise ConfigError(f"task: unknown task {task!r}; known: {', '.join(CARD_TASKS)}")
-        if self.card.task not in CARD_TASKS[task_name]:
-            raise ConfigError(
-                f"task: {task!r} does not fit data card {self.card.name!r}, whose task is {self.card.task!r}"
-            )
-        self.task = task_name
+        self.task = self.card.task  # the label type: which targets the transforms build
         for name, value in (("batch_size", batch_size), ("val_batch_size", val_batch_size)):
             if value < 1:
                 raise ConfigError(f"{name}: must be at least 1, got {value}")
@@ -147,7 +132,7 @@ class MedvitDataModule(L.LightningDataModule):
         """The MONAI pipeline of one split (``train`` augments and crops; ``val``/``test`` do not)."""
         return build_transforms(
             self.transforms,
-            task="multilabel" if self.multilabel else self.task,
+            task=self.task,
             split=split,
             spatial_dims=self.spatial_dims,
             label_remap=getattr(self.card.layout, "label_remap", None),
@@ -239,9 +224,9 @@ class MedvitDataModule(L.LightningDataModule):
         allowed = set(self.card.labels)
         if self.task == "segmentation":
             values = {int(v) for v in np.unique(np.asarray(sample["label"]))}
-        elif self.task == "cells":
+        elif self.task == "instance":
             values = {int(v) for v in np.unique(np.asarray(sample["tp_map"]))}
-        elif not self.multilabel:
+        elif self.task == "classification":
             values = {int(sample["label"])}
         else:
             return

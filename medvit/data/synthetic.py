@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -161,28 +159,36 @@ def set_dir(layout: Synthetic, root: str | Path | None = None) -> Path:
 def ensure(layout: Synthetic, root: str | Path | None = None) -> tuple[Path, object]:
     """Generate the set once (atomically); return its folder and the real layout it is written in."""
     out = set_dir(layout, root)
-    marker = out / "synthetic.json"
     spec = layout.model_dump()
-    if marker.is_file() and json.loads(marker.read_text()).get("spec") == spec:
-        inner = json.loads(marker.read_text())["layout"]
-    else:
+    inner = _written(out, spec)
+    if inner is None:
         if out.exists() and any(out.iterdir()):
             from medvit.errors import InputError
 
             raise InputError(f"{out}: folder exists and is not this synthetic set; choose an empty root")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        from medvit.io.atomic import atomic_dir
+
         try:
-            inner_layout = GENERATORS[layout.generator](tmp, layout, np.random.default_rng(layout.seed))
-            inner = inner_layout.model_dump()
-            (tmp / "synthetic.json").write_text(json.dumps({"spec": spec, "layout": inner}, indent=2))
-            if out.exists():
-                out.rmdir()
-            os.replace(tmp, out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            with atomic_dir(out, overwrite=out.exists()) as tmp:  # an existing folder is empty: replace it
+                inner_layout = GENERATORS[layout.generator](tmp, layout, np.random.default_rng(layout.seed))
+                inner = inner_layout.model_dump()
+                (tmp / "synthetic.json").write_text(json.dumps({"spec": spec, "layout": inner}, indent=2))
+        except FileExistsError:  # another process (a DDP rank) wrote the set first: use it if it is this one
+            inner = _written(out, spec)
+            if inner is None:
+                raise
     cls = {"folder_pairs": FolderPairs, "conic": Conic, "datalist": Datalist}[inner["type"]]
     return out, cls.model_validate(inner)
+
+
+def _written(out: Path, spec: dict) -> dict | None:
+    """The layout recorded in ``out/synthetic.json`` if ``out`` holds the set ``spec`` describes, else ``None``."""
+    marker = out / "synthetic.json"
+    if marker.is_file():
+        record = json.loads(marker.read_text())
+        if record.get("spec") == spec:
+            return record["layout"]
+    return None
 
 
 def generate(layout: Synthetic, root: str | Path | None = None) -> list[dict]:

@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 
 from medvit.data.cards import Conic, DataCard, PanNuke, Synthetic
-from medvit.data.layouts import discover, remap_labels, split_cases
+from medvit.data.layouts import discover, split_cases
 from medvit.errors import MedvitError
 from medvit.io.geometry import same_grid
+from medvit.transforms.label_maps import remap_labels
 
 
 @dataclass

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medvit.adapters.common import check_backbone, freeze
+from medvit.backbones.tokens import check_backbone
+from medvit.layers.params import freeze
 
 POOLS = ("avg", "cls")
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medvit.adapters.common import tokens_to_map
+from medvit.backbones.tokens import tokens_to_map
 from medvit.layers import Block
 
 
@@ -45,6 +45,10 @@ class MaskTransformer(nn.Module):
         self.proj_patch = nn.Parameter(self.scale * torch.randn(d_model, d_model))
         self.proj_classes = nn.Parameter(self.scale * torch.randn(d_model, d_model))
         self.mask_norm = nn.LayerNorm(n_cls)
+
+    def no_weight_decay(self) -> set[str]:
+        """The class embeddings get no weight decay (names relative to this module)."""
+        return {"cls_emb"}
 
     def forward(self, tokens: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
         x = torch.cat([self.proj_dec(tokens), self.cls_emb.expand(tokens.shape[0], -1, -1)], dim=1)

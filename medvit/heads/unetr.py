@@ -19,7 +19,8 @@ from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock,
 from monai.networks.blocks.dynunet_block import get_conv_layer
 from torch import nn
 
-from medvit.adapters.common import check_backbone, freeze, token_grid, tokens_to_map
+from medvit.backbones.tokens import check_backbone, token_grid, tokens_to_map
+from medvit.layers.params import freeze
 
 
 class ResizeUpBlock(nn.Module):

@@ -88,13 +88,11 @@ def finish(manifest: dict[str, Any], seconds: float) -> dict[str, Any]:
 
 def write_manifest(manifest: dict[str, Any], outdir: str | os.PathLike) -> Path:
     """Write ``manifest.json`` into ``outdir`` atomically."""
-    from medvit.inference.outputs import file_mode
-    from medvit.io.atomic import atomic_path
+    from medvit.io.atomic import atomic_file
 
     path = Path(outdir) / MANIFEST
-    with atomic_path(path) as tmp:
+    with atomic_file(path) as tmp:
         tmp.write_text(json.dumps(manifest, indent=2, default=_plain) + "\n")
-        os.chmod(tmp, file_mode())
     return path
 
 

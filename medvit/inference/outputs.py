@@ -9,15 +9,14 @@
 ========================  ===========================================================================
 
 A case's files are written into a hidden staging folder inside the output folder and moved into place only
-when every one of them is written and checked, so a failure leaves no partial output behind.
+when every one of them is written and checked (:func:`medvit.io.atomic.atomic_files`), so a failure leaves no
+partial output behind; they get the modes of new files under the umask (``0o644`` under ``022``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -99,30 +98,17 @@ def write_outputs(
         InputError: A writer refused the prediction (e.g. DICOM-SEG for an input that is not DICOM).
         GeometryError: A written mask does not have the input's shape and affine.
     """
+    from medvit.io.atomic import atomic_files
+
     outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
     files = output_files(name, types, spatial_dims=len(pred.grid.spatial_shape), probabilities=probabilities)
-    stage = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=outdir))
-    try:
+    with atomic_files(outdir, files.values(), stage=name) as stage:
         for kind, file in files.items():
             _WRITERS[kind](pred, stage / file)
         if "json" in files:
             text = json.dumps(sidecar(pred, name, files, model or {}), indent=2)
             (stage / files["json"]).write_text(text + "\n")
-        mode = file_mode()
-        for file in files.values():
-            os.chmod(stage / file, mode)
-            os.replace(stage / file, outdir / file)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
     return [outdir / f for f in files.values()]
-
-
-def file_mode() -> int:
-    """Permissions of a new file under the current umask (temporary files are created owner-only)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 def _nifti(pred: Prediction, path: Path) -> None:

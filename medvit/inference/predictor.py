@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from medvit.errors import ConfigError, InputError, MedvitWarning, one_line
-from medvit.inference.device import autocast, precision_name, resolve_device, resolve_precision
+from medvit.device import autocast, precision_name, resolve_device, resolve_precision
 from medvit.inference.layout import channels_last
 from medvit.inference.progress import progress_bar
 from medvit.inference.resample import index_map, labels_on_grid

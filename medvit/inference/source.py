@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 from typing import Any
 
@@ -35,7 +34,10 @@ def resolve_model(model: ModelPackage | str | os.PathLike) -> tuple[ModelPackage
         package = load_package(uri)
         return package, {"uri": uri, "version": None, "package": str(package.path)}
     try:
-        registry = importlib.import_module("medvit.registry")
+        # imported here so that predicting from a package folder never loads the registry (nor MLflow)
+        from medvit.registry import resolve_model_uri
+
+        package_dir, info = resolve_model_uri(uri)
     except ModuleNotFoundError as exc:
         if exc.name not in ("medvit.registry", "mlflow"):
             raise
@@ -43,10 +45,6 @@ def resolve_model(model: ModelPackage | str | os.PathLike) -> tuple[ModelPackage
         raise InputError(
             f"{uri}: cannot resolve a registry URI ({missing}); pass a model package folder"
         ) from None
-    resolver = getattr(registry, "resolve_model_uri", None)
-    if resolver is None:
-        raise InputError(f"{uri}: cannot resolve a registry URI (medvit.registry has no resolve_model_uri)")
-    package_dir, info = resolver(uri)
     info = dict(info or {})
     package = load_package(package_dir)
     version = info.get("version")

@@ -21,8 +21,8 @@ HEADS: dict[str, tuple[str, str]] = {
     "linear": ("medvit.heads", "LinearClassifier"),
     "linear_seg": ("medvit.heads", "LinearSegProbe"),
     "unetr": ("medvit.heads", "UNETR"),
-    "funduseg": ("medvit.adapters", "FunduSegmenter"),
-    "cellvta": ("medvit.adapters", "CellVTA"),
+    "funduseg": ("medvit.heads", "FunduSegmenter"),
+    "cellvta": ("medvit.heads", "CellVTA"),
 }
 _POSITIONAL = {"backbone", "num_classes", "out_channels", "num_types", "self"}
 
@@ -68,10 +68,7 @@ def build_model(spec: ModelSpec | dict[str, Any], *, load_weights: bool = True) 
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"model.adapter ({spec.adapter.name}): {one_line(exc)}") from exc
     head = _resolve("head", spec.head.name, spec.head.options)
-    # CellVTA counts nuclei types (background included) where the other heads count classes
-    count = {"num_types": spec.num_classes} if spec.head.name == "cellvta" else {}
-    args = (backbone,) if count else (backbone, spec.num_classes)
     try:
-        return head(*args, **count, **spec.head.options)
+        return head(backbone, spec.num_classes, **spec.head.options)  # classes, or nuclei types for CellVTA
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"model.head ({spec.head.name}): {one_line(exc)}") from exc

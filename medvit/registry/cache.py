@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -104,21 +103,33 @@ def _valid_entry(entry: Path, source: str) -> bool:
     return record.get("source") == source and (entry / "medvit.yaml").is_file()
 
 
+class _AlreadyCached(Exception):
+    """Another process finished the same download first: keep its entry, drop this one."""
+
+
 def _download(client, mv, entry: Path, uri: str) -> None:
-    """Download version ``mv``'s package into ``entry`` atomically (temp folder beside it, then rename)."""
+    """Download version ``mv``'s package into ``entry`` atomically (temp folder beside it, then rename).
+
+    A stale entry (the registered model was re-created) is replaced; nothing outside the cache is touched.
+    """
+    from medvit.io.atomic import atomic_dir
+
     root = client.get_model_version_download_uri(mv.name, mv.version).rstrip("/")
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+    cache = Path(os.path.abspath(cache_root()))
+    if cache not in Path(os.path.abspath(entry)).parents:  # lexical: a linked cache folder stays allowed
+        raise InputError(f"{uri}: version {mv.version!r} does not name a folder inside the cache {cache}")
     try:
-        got, sha256 = _fetch_package(root, tmp, mv, uri)
-        (got / RECORD).write_text(json.dumps(_record(client, mv, sha256), indent=2))
-        if _valid_entry(entry, mv.source):  # another process finished the same download first
-            return
-        if entry.exists():  # stale (the registered model was re-created): replace it
-            shutil.rmtree(entry)
-        os.replace(got, entry)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_dir(entry, overwrite=True) as tmp:
+            scratch = tmp / ".download"
+            got, sha256 = _fetch_package(root, scratch, mv, uri)
+            for item in got.iterdir():
+                item.rename(tmp / item.name)
+            shutil.rmtree(scratch)
+            (tmp / RECORD).write_text(json.dumps(_record(client, mv, sha256), indent=2))
+            if _valid_entry(entry, mv.source):
+                raise _AlreadyCached
+    except _AlreadyCached:
+        pass
 
 
 def _fetch_package(root: str, tmp: Path, mv, uri: str) -> tuple[Path, str]:

@@ -7,11 +7,11 @@ An MLflow Model written here is a folder::
     input_example.json      one small image (and its spacing), serving_input_example.json
     requirements.txt, conda.yaml, python_env.yaml
 
-``mlflow.pyfunc.load_model(uri)`` imports this module (``loader_module``) and calls :func:`_load_pyfunc`,
-which loads the package into a :class:`medvit.Predictor`; nothing is pickled. ``predict`` takes a batch of
-channel-first images ``(N, C, *spatial)`` (float32) and the ``spacing`` parameter (mm per spatial axis,
-default 1) and returns what :meth:`medvit.Predictor.predict` returns for each image: the label mask on the
-input grid (segmentation) or the class probabilities (classification), stacked.
+``mlflow.pyfunc.load_model(uri)`` imports the ``loader_module`` named in the MLmodel,
+:mod:`medvit.inference.pyfunc`, which loads the package into a :class:`medvit.Predictor`; nothing is
+pickled. This module only writes the MLflow Model (it never imports :mod:`medvit.inference`): the signature
+(a batch of channel-first float32 images and a ``spacing`` parameter in; the label mask or the class
+probabilities out), the input example, the environment files and the MLmodel.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ PACKAGE_DIR = "package"
 EXAMPLE_SIZE = {2: 32, 3: 16}
 PREDICTOR_DEFAULTS = {"device": "auto", "precision": "auto", "overlap": None, "batch_size": None, "tta": False}
 PREDICTOR_OPTIONS = tuple(PREDICTOR_DEFAULTS)
+LOADER_MODULE = "medvit.inference.pyfunc"  # imported by mlflow.pyfunc.load_model, never from here
 _REQUIREMENTS = ("torch", "monai", "safetensors", "pydantic", "PyYAML", "numpy", "nibabel", "mlflow")
 
 
@@ -117,7 +118,7 @@ def save_model(path: str | Path, *, package: str | Path, mlflow_model=None, **_:
     )
     pyfunc.add_to_model(
         mlflow_model,
-        loader_module=__name__,
+        loader_module=LOADER_MODULE,
         data=PACKAGE_DIR,
         model_config=dict(PREDICTOR_DEFAULTS),  # load_model(model_config=...), MLFLOW_PYFUNC_INFERENCE_CONFIG
         conda_env="conda.yaml",
@@ -135,46 +136,3 @@ def _medvit_version() -> str:
     import medvit
 
     return medvit.__version__
-
-
-class MedvitPyfunc:
-    """What ``mlflow.pyfunc`` wraps: a :class:`medvit.Predictor` over the package, batch in, batch out.
-
-    Args:
-        package: The loaded :class:`~medvit.package.ModelPackage`.
-        options: :class:`medvit.Predictor` options (``device``, ``precision``, ``overlap``, ``batch_size``,
-            ``tta``), e.g. from ``mlflow.pyfunc.load_model(uri, model_config={...})``.
-    """
-
-    def __init__(self, package, **options: Any) -> None:
-        from medvit.inference import Predictor
-
-        unknown = sorted(set(options) - set(PREDICTOR_OPTIONS))
-        if unknown:
-            allowed = ", ".join(PREDICTOR_OPTIONS)
-            raise InputError(f"{package.path}: unknown model_config key(s) {unknown} (allowed: {allowed})")
-        self.package = package
-        self.predictor = Predictor(package, **options)
-
-    def predict(self, data: Any, params: dict[str, Any] | None = None) -> np.ndarray:
-        """Predict every image of the batch ``data`` ``(N, C, *spatial)``; ``params["spacing"]`` in mm."""
-        spec = self.package.spec
-        batch = np.asarray(data, dtype=np.float32)
-        dims = spec.spatial_dims
-        if batch.ndim != dims + 2 or batch.shape[0] == 0:
-            raise InputError(f"expected images of shape (N, C, {', '.join('?' * dims)}), got {batch.shape}")
-        spacing = [float(s) for s in (params or {}).get("spacing") or [1.0] * dims]
-        if len(spacing) != dims or min(spacing) <= 0:
-            raise InputError(f"spacing must be {dims} positive numbers, got {spacing}")
-        return np.stack([self._one(image, tuple(spacing)) for image in batch])
-
-    def _one(self, image: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
-        result = self.predictor.predict(image, spacing=spacing)
-        return result.class_probabilities if self.package.spec.task == "classification" else result.mask
-
-
-def _load_pyfunc(data_path: str, model_config: dict[str, Any] | None = None) -> MedvitPyfunc:
-    """``mlflow.pyfunc`` entry point: the package under the MLflow Model's ``data`` path as a pyfunc model."""
-    from medvit.package import load_package
-
-    return MedvitPyfunc(load_package(data_path), **(model_config or {}))

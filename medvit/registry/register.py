@@ -142,8 +142,8 @@ def _pick_run(client, run_id: str | None, pkg, *, name: str, uri: str) -> tuple[
                 raise InputError(f"run {run_id!r}: no such MLflow run in {display_uri(uri)}") from None
             raise
         return run_id, run.info.experiment_id, dict(run.data.metrics)
-    own = pkg.spec.provenance.get("run_id")
-    if isinstance(own, str) and own:
+    own = pkg.spec.provenance.run_id
+    if own:
         try:
             run = client.get_run(own)
             return own, run.info.experiment_id, dict(run.data.metrics)

@@ -21,7 +21,7 @@ def package_tags(pkg, *, run_metrics: dict[str, float] | None = None) -> dict[st
     import medvit
 
     spec = pkg.spec
-    prov = spec.provenance or {}
+    prov = spec.provenance
     tags = {
         MARKER: "1",
         "task": spec.task,
@@ -34,9 +34,9 @@ def package_tags(pkg, *, run_metrics: dict[str, float] | None = None) -> dict[st
         "package_sha256": pkg.sha256,
     }
     for key in ("data_card", "pipeline"):
-        if isinstance(prov.get(key), str) and prov[key]:
-            tags[key] = prov[key]
-    metrics = {**_numbers(prov.get("metrics")), **_numbers(run_metrics)}
+        if getattr(prov, key):
+            tags[key] = getattr(prov, key)
+    metrics = {**_numbers(prov.metrics), **_numbers(run_metrics)}
     for key in sorted(metrics)[:MAX_METRICS]:
         tags[f"metric.{key}"] = f"{metrics[key]:.6g}"
     return {k: v[:_MAX_VALUE] for k, v in tags.items()}

@@ -35,7 +35,7 @@ class MedvitTask(L.LightningModule):
         load_weights: bool = True,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["load_weights"])
+        self.save_hyperparameters(ignore=["load_weights"], logger=False)  # MLflow gets the resolved config
         self.model_spec = ModelSpec.model_validate(model)
         self.optimizer_spec = OptimizerSpec.model_validate(optimizer)
         self.labels = {int(k): str(v) for k, v in labels.items()}

@@ -3,7 +3,7 @@ PQ/bPQ/mPQ after HoVer-Net post-processing."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -13,9 +13,17 @@ from monai.losses import DiceLoss
 from medvit.metrics import mpq, multiclass_pq, panoptic_quality
 from medvit.postprocess.hover import hover_postprocess
 from medvit.tasks.base import MedvitTask
+from medvit.tasks.kinds import TaskKind, TaskSection
 
 # CellVTA's PanNuke recipe (REFERENCES.md): binary 1 + 1, HV 2.5 MSE + 8 MSGE, type 0.5 CE + 0.2 Dice, tissue 0.1
 DEFAULT_WEIGHTS = {"np_ce": 1.0, "np_dice": 1.0, "hv_mse": 2.5, "hv_msge": 8.0, "tp_ce": 0.5, "tp_dice": 0.2}
+
+
+class CellsSection(TaskSection):
+    """``task:`` of a nuclei pipeline: ``loss_weights`` override :data:`DEFAULT_WEIGHTS` by name."""
+
+    kind: Literal["cells"]
+    loss_weights: dict[str, float] | None = None
 
 
 def _sobel(ksize: int = 5, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,3 +129,16 @@ class CellTask(MedvitTask):
 
     def on_test_epoch_end(self) -> None:
         self._epoch_end("test")
+
+
+KIND = TaskKind(
+    name="cells",
+    section=CellsSection,
+    module=CellTask,
+    heads=("cellvta",),
+    card_tasks=("instance",),
+    monitor="val/mpq",
+    smoke_cards={2: "synthetic_cells"},
+    prediction=None,  # tile and whole-slide prediction: issue #15
+    labels_are_outputs=False,  # labels name nuclei types; the head has its own branches
+)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import (
@@ -15,6 +16,15 @@ from torchmetrics.classification import (
 )
 
 from medvit.tasks.base import MedvitTask
+from medvit.tasks.kinds import TaskKind, TaskSection
+
+
+class ClassificationSection(TaskSection):
+    """``task:`` of a classification pipeline: ``multi_label`` (sigmoid per label) and ``label_smoothing``."""
+
+    kind: Literal["classification"]
+    multi_label: bool = False
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
 
 
 class ClassificationTask(MedvitTask):
@@ -72,3 +82,18 @@ class ClassificationTask(MedvitTask):
     def on_test_epoch_end(self) -> None:
         self.log_dict(self.test_metrics.compute(), sync_dist=True)
         self.test_metrics.reset()
+
+
+KIND = TaskKind(
+    name="classification",
+    section=ClassificationSection,
+    module=ClassificationTask,
+    heads=("linear",),
+    card_tasks=("classification", "multilabel"),
+    monitor="val/auroc",
+    smoke_cards={2: "synthetic_cls"},
+    prediction="probabilities",
+    default_outputs={2: ("json",), 3: ("json",)},
+    outputs=("json",),
+    package_fields=lambda section: {"multi_label": section.multi_label},
+)

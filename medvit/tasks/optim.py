@@ -3,7 +3,9 @@
 Layer-wise decay (BEiT/MAE ``param_groups_lrd``): the patch embedding, position embedding and prefix tokens
 are layer 0, block ``i`` is layer ``i + 1``, everything after the backbone (heads, decoders, adapters
 outside the blocks) is layer ``depth + 1``; a parameter's LR is scaled by ``decay ** (depth + 1 - layer)``.
-Biases, norms and embeddings get no weight decay.
+Biases, norms (every parameter with ``ndim <= 1``) and what a module names in its ``no_weight_decay()``
+(timm's hook: the backbone's tokens and position embedding, a head's class or level embeddings) get no
+weight decay.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ _BLOCK = re.compile(r"(?:^|\.)(?:backbone|encoder)\.blocks\.(\d+)\.")
 _EMBED = re.compile(
     r"(?:^|\.)(?:backbone|encoder)\.(?:cls_token|reg_token|storage_tokens|mask_token|pos_embed|patch_embed)"
 )
-_NO_DECAY = ("cls_token", "reg_tokens", "pos_embed", "mask_token", "level_embed", "cls_emb")
 
 
 class OptimizerSpec(BaseModel):
@@ -69,14 +70,33 @@ def _backbone_depth(model: nn.Module) -> int:
     return 0
 
 
+def no_weight_decay_names(model: nn.Module) -> set[str]:
+    """Qualified names the submodules of ``model`` exempt from weight decay through ``no_weight_decay()``.
+
+    A name a module gives is relative to it (``reg_token``) and covers that parameter or, for a submodule's
+    name, every parameter under it; shared modules are visited under each of their names.
+    """
+    names: set[str] = set()
+    for prefix, module in model.named_modules(remove_duplicate=False):
+        hook = getattr(module, "no_weight_decay", None)
+        if callable(hook):
+            names.update(f"{prefix}.{n}" if prefix else n for n in hook())
+    return names
+
+
+def _exempt(name: str, names: set[str]) -> bool:
+    return name in names or any(name.startswith(n + ".") for n in names)
+
+
 def param_groups(model: nn.Module, spec: OptimizerSpec) -> list[dict]:
     """Parameter groups with per-group ``lr_scale`` and weight decay (trainable parameters only)."""
     depth = _backbone_depth(model)
+    exempt = no_weight_decay_names(model)
     groups: dict[tuple[int, bool], dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        no_decay = p.ndim <= 1 or name.endswith(".bias") or any(t in name for t in _NO_DECAY)
+        no_decay = p.ndim <= 1 or name.endswith(".bias") or _exempt(name, exempt)
         layer = layer_id(name, depth) if spec.layer_decay is not None else depth + 1
         scale = spec.layer_decay ** (depth + 1 - layer) if spec.layer_decay is not None else 1.0
         key = (layer, no_decay)

@@ -4,7 +4,7 @@ Gaussian-blended sliding window over whole volumes."""
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from monai.inferers import sliding_window_inference
@@ -13,6 +13,14 @@ from monai.metrics import DiceMetric, HausdorffDistanceMetric
 from monai.networks.utils import one_hot
 
 from medvit.tasks.base import MedvitTask
+from medvit.tasks.kinds import TaskKind, TaskSection
+
+
+class SegmentationSection(TaskSection):
+    """``task:`` of a segmentation pipeline; ``hd95`` computes HD95 in validation too (always in test)."""
+
+    kind: Literal["segmentation"]
+    hd95: bool = True
 
 
 class SegmentationTask(MedvitTask):
@@ -93,3 +101,18 @@ class SegmentationTask(MedvitTask):
 
     def on_test_epoch_end(self) -> None:
         self._epoch_end("test", True)
+
+
+KIND = TaskKind(
+    name="segmentation",
+    section=SegmentationSection,
+    module=SegmentationTask,
+    heads=("unetr", "linear_seg", "funduseg"),
+    card_tasks=("segmentation",),
+    monitor="val/dice",
+    smoke_cards={2: "synthetic_fundus", 3: "synthetic_ct"},
+    prediction="mask",
+    default_outputs={2: ("png",), 3: ("nifti",)},
+    outputs=("nifti", "dicom-seg", "png", "json"),
+    flip_tta=True,
+)

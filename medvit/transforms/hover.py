@@ -65,7 +65,7 @@ class HoverTargetsd(MapTransform):
 
     A label still given as a path (CoNIC ``labels.npy`` / PanNuke ``masks.npy`` with the case's ``index``) is
     read first with :class:`medvit.transforms.io.LoadImage` (PanNuke through
-    :func:`medvit.data.layouts.pannuke_to_maps`).
+    :func:`medvit.transforms.label_maps.pannuke_to_maps`).
 
     Args:
         keys: The label key (one).

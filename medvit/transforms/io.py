@@ -77,7 +77,7 @@ def _read(path: str | Sequence[str], index: int | None):
 
 def _as_class_map(label, path: str, remap: dict[int, int] | None):
     """A read label image -> ``[1, *S]`` int32 class map (remapped), or ``[2, H, W]`` for cell arrays."""
-    from medvit.data.layouts import pannuke_to_maps, remap_labels
+    from medvit.transforms.label_maps import pannuke_to_maps, remap_labels
 
     data = np.asarray(label)
     if label.meta.get("format") == "npy" and data.shape[0] in (2, 6):  # CoNIC (inst, type) / PanNuke masks
@@ -108,7 +108,7 @@ class LoadImage(Transform):
         label: Read a label: an integer class map ``[1, *S]`` (several identical channels are folded to
             one; whole-number float maps are accepted), or for PanNuke/CoNIC arrays ``[2, H, W]``
             (instance map, type map; PanNuke's six channels go through
-            :func:`medvit.data.layouts.pannuke_to_maps`).
+            :func:`medvit.transforms.label_maps.pannuke_to_maps`).
         label_remap: Stored value -> class index (REFUGE: ``{255: 0, 128: 1, 0: 2}``), applied to labels.
     """
 

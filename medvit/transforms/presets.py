@@ -32,8 +32,8 @@ IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 CT_WINDOW = [-175.0, 250.0]
 PATCH_3D = [96, 96, 96]
-TASKS = ("segmentation", "classification", "cells")
-TASK_ALIASES = {"instance": "cells", "multilabel": "classification"}
+# what a data card's labels are (its ``task``): the targets these presets build for each
+CARD_TASKS = ("segmentation", "classification", "multilabel", "instance")
 SPLITS = ("train", "val", "test")
 
 _VOLUME = ("ct", "mri")
@@ -180,10 +180,9 @@ def preprocess_spec(spec: TransformsSpec, *, spatial_dims: int) -> PreprocessSpe
 
 
 def _task(task: str) -> str:
-    name = TASK_ALIASES.get(task, task)
-    if name not in TASKS:
-        raise ConfigError(f"task: unknown task {task!r}; known: {', '.join(TASKS)}")
-    return name
+    if task not in CARD_TASKS:
+        raise ConfigError(f"task: unknown label type {task!r}; known: {', '.join(CARD_TASKS)}")
+    return task
 
 
 def build_transforms(
@@ -199,8 +198,8 @@ def build_transforms(
 
     Args:
         spec: The ``transforms:`` section.
-        task: ``segmentation``, ``classification`` or ``cells`` (the card tasks ``instance`` and
-            ``multilabel`` are accepted for ``cells`` and multi-label ``classification``).
+        task: The data card's label type (:data:`CARD_TASKS`): ``segmentation`` (label maps),
+            ``classification``, ``multilabel`` (multi-hot) or ``instance`` (nuclei: HoVer targets).
         split: ``train`` (cropping and augmentation), ``val`` or ``test`` (deterministic; 3D volumes whole).
         spatial_dims: 2 or 3.
         label_remap: The card's stored value -> class mapping for label images (REFUGE).
@@ -212,14 +211,14 @@ def build_transforms(
     """
     from monai.transforms import Compose
 
-    multilabel = task == "multilabel"
     task = _task(task)
+    multilabel = task == "multilabel"
     if split not in SPLITS:
         raise ConfigError(f"split: unknown split {split!r}; known: {', '.join(SPLITS)}")
     if multilabel and num_classes is None:
         raise ConfigError("num_classes: a multilabel task needs the number of classes")
     spec = spec.resolve(spatial_dims)
-    labels = ["label"] if task in ("segmentation", "cells") else []
+    labels = ["label"] if task in ("segmentation", "instance") else []
     from medvit.transforms.io import LoadImaged
 
     chain: list = [LoadImaged(["image", *labels], label_keys=labels, label_remap=label_remap)]
@@ -278,7 +277,7 @@ def _augment(spec: TransformsSpec, task: str, spatial_dims: int, labels: list[st
 
     if spatial_dims == 3:
         return augment.volume_augment(["image"], labels)
-    if task == "cells":
+    if task == "instance":
         return augment.he_augment(["image"], labels)
     if task == "segmentation":
         return augment.fundus_augment(["image"], labels)
@@ -294,7 +293,7 @@ def _outputs(task: str, spatial_dims: int, num_classes: int | None) -> list:
     if task == "segmentation":
         out.append(EnsureTyped("label", dtype=torch.long, track_meta=meta))
         targets = ["label"]
-    elif task == "classification":
+    elif task in ("classification", "multilabel"):
         from medvit.transforms.labels import ClassLabeld
 
         out.append(ClassLabeld("label", num_classes=num_classes))

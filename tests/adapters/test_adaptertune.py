@@ -4,8 +4,8 @@ import pytest
 import torch
 from tiny_models import step_and_compare, tiny_2d
 
+from medvit.adapters import count_parameters
 from medvit.adapters.adaptertune import apply_adaptertune, remove_adaptertune
-from medvit.adapters.common import count_parameters
 
 
 def test_step_zero_is_the_frozen_backbone_exactly(backbone_and_input):

@@ -5,7 +5,7 @@ import torch
 from tiny_models import step_and_compare, tiny_2d
 from torch import nn
 
-from medvit.adapters.common import count_parameters
+from medvit.adapters import count_parameters
 from medvit.adapters.lora import (
     LoRALinear,
     apply_lora,

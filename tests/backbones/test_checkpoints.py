@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import json
+import re
+import shutil
 
 import pytest
 import torch
-from layouts import example_input, randomise, tiny_kwargs, write_mae, write_official, write_urfound
+from layouts import (
+    example_input,
+    randomise,
+    tiny_kwargs,
+    write_dinov3_hf_from_medvit,
+    write_mae,
+    write_official,
+    write_urfound,
+)
+from safetensors.torch import load_file, save_file
 
 import medvit
-from medvit.backbones import CheckpointError, get_entry, read_checkpoint
+from medvit.backbones import CheckpointError, get_entry, read_checkpoint, save_backbone
 from medvit.errors import InputError
 
 
@@ -146,3 +158,61 @@ def test_hiendmae_layout_facts(tmp_path):
     assert loaded.pos_embed.shape[1] == 8  # no CLS entry: the CLS token gets a zero position
     assert {"decoder_pos_embed", "mask_token"} <= set(loaded.load_report.dropped)
     assert any(k.startswith("encoder_to_decoder") for k in loaded.load_report.dropped)
+
+
+def _sharded_hf_folder(tmp_path):
+    """A DINOv3 HF folder whose weights are split over two shards named by model.safetensors.index.json."""
+    src = randomise(tiny("dinov3_vits16")).eval()
+    folder = write_dinov3_hf_from_medvit(src, tmp_path / "hf")
+    state = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    keys = sorted(state)
+    shards = {"model-00001-of-00002.safetensors": keys[::2], "model-00002-of-00002.safetensors": keys[1::2]}
+    for shard, names in shards.items():
+        save_file({k: state[k] for k in names}, str(folder / shard))
+    weight_map = {k: shard for shard, names in shards.items() for k in names}
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return src, folder
+
+
+def test_hf_folder_with_shard_index_loads(tmp_path):
+    src, folder = _sharded_hf_folder(tmp_path)
+    model = tiny("dinov3_vits16", weights=folder).eval()
+    x = example_input(src)
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_features(x), src.forward_features(x))
+
+
+def test_hf_index_naming_a_missing_shard_is_refused(tmp_path):
+    _, folder = _sharded_hf_folder(tmp_path)
+    (folder / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=r"hf: shard model-00002-of-00002\.safetensors .*missing") as err:
+        read_checkpoint(folder)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("stray", ["model_ema.safetensors", "pytorch_model.bin", "extra.pth"])
+def test_hf_folder_with_a_stray_weight_file_is_refused(stray, tmp_path):
+    folder = write_dinov3_hf_from_medvit(tiny("dinov3_vits16"), tmp_path / "hf")
+    shutil.copy(folder / "model.safetensors", folder / stray)
+    with pytest.raises(CheckpointError, match=rf"hf: stray weight file {re.escape(stray)}") as err:
+        read_checkpoint(folder)
+    assert "\n" not in str(err.value)
+    _, sharded = _sharded_hf_folder(tmp_path / "sharded")
+    shutil.copy(folder / "model.safetensors", sharded / "model.safetensors")  # not in the index: refused too
+    with pytest.raises(CheckpointError, match=r"stray weight file model\.safetensors.*index\.json"):
+        read_checkpoint(sharded)
+
+
+def test_failed_save_leaves_no_temporary_file_and_no_target(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    def broken(state, filename, metadata=None):
+        with open(filename, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", broken)
+    with pytest.raises(OSError, match="disk full"):
+        save_backbone(tiny("vit_tiny_patch16"), tmp_path / "out" / "w.safetensors")
+    assert [f for f in tmp_path.rglob("*") if not f.is_dir()] == []

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from medvit.cli import app
 from medvit.data import build_datalist, discover, load_card, split_cases, validate_card
 from medvit.data.cards import Splits, parse_card
-from medvit.data.layouts import pannuke_to_maps, remap_labels
+from medvit.transforms.label_maps import pannuke_to_maps, remap_labels
 
 runner = CliRunner()
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import stat
 import zipfile
 
 import numpy as np
@@ -103,3 +105,20 @@ def test_a_failing_writer_leaves_no_output(tmp_path, ct_series, bright_package, 
     assert list(out.iterdir()) == []
     written = write_outputs(pred, out, "case", ["nifti", "json"])
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in written) == ["case.json", "case.nii.gz"]
+
+
+def test_predict_outputs_are_readable_by_colleagues(tmp_path, ct_series, bright_package):
+    """Under umask 022 every file ``predict`` writes (case outputs and manifest) is 0644, no staging is left."""
+    from medvit import Predictor
+    from medvit.inference.run import run_predict
+
+    out = tmp_path / "out"
+    old = os.umask(0o022)
+    try:
+        run_predict(Predictor(bright_package(-41.5)), ct_series, out, output_type="nifti,dicom-seg", echo=str)
+    finally:
+        os.umask(old)
+    names = sorted(p.name for p in out.iterdir())
+    assert "manifest.json" in names and any(n.endswith(".nii.gz") for n in names), names
+    assert not [n for n in names if n.startswith(".")]
+    assert {n: stat.S_IMODE((out / n).stat().st_mode) for n in names} == dict.fromkeys(names, 0o644)

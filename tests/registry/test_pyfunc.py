@@ -30,7 +30,7 @@ def test_segmentation_2d_by_alias_equals_predictor(package_factory, model_name, 
     np.testing.assert_array_equal(out, expected)
 
     meta = model.metadata
-    assert meta.flavors["python_function"]["loader_module"] == "medvit.registry.flavor"
+    assert meta.flavors["python_function"]["loader_module"] == "medvit.inference.pyfunc"
     assert meta.flavors["medvit"]["task"] == "segmentation" and meta.flavors["medvit"]["package"] == "package"
     assert meta.get_input_schema().inputs[0].shape == (-1, 3, -1, -1)
     assert meta.get_input_schema().inputs[0].type == np.dtype(np.float32)
@@ -89,8 +89,8 @@ def test_model_config_sets_predictor_options(package_factory, model_name, images
     config = {"device": "cpu", "precision": "auto", "overlap": None, "batch_size": None, "tta": True}
     assert model.model_config == config
 
+    from medvit.inference.pyfunc import MedvitPyfunc
     from medvit.package import load_package
-    from medvit.registry.flavor import MedvitPyfunc
 
     with pytest.raises(InputError, match=r"unknown model_config key\(s\) \['threads'\]"):
         MedvitPyfunc(load_package(pkg), threads=4)

@@ -1,4 +1,4 @@
-"""Layer-wise LR decay groups and the warmup-cosine schedule."""
+"""Layer-wise LR decay groups, weight-decay exemptions and the warmup-cosine schedule."""
 
 from __future__ import annotations
 
@@ -6,9 +6,20 @@ import math
 
 import pytest
 import torch
+from tiny_models import tiny_2d
 
+from medvit.heads.cellvta import CellVTA
+from medvit.heads.funduseg import FunduSegmenter
 from medvit.models import build_model
-from medvit.tasks.optim import OptimizerSpec, build_optimizer, build_scheduler, layer_id, lr_factor, param_groups
+from medvit.tasks.optim import (
+    OptimizerSpec,
+    build_optimizer,
+    build_scheduler,
+    layer_id,
+    lr_factor,
+    no_weight_decay_names,
+    param_groups,
+)
 
 TINY = dict(
     backbone=dict(name="vit_tiny_patch16", img_size=[32, 32], options=dict(embed_dim=32, depth=3, num_heads=2)),
@@ -48,6 +59,43 @@ def test_layer_decay_scales_and_no_decay_groups():
     assert by_param[id(named["head.head.bias"])]["weight_decay"] == 0.0
     assert by_param[id(named["backbone.pos_embed"])]["weight_decay"] == 0.0
     assert sum(len(g["params"]) for g in groups) == len([p for p in model.parameters() if p.requires_grad])
+
+
+def _decay_of(model, spec):
+    by_param = {id(p): g["weight_decay"] for g in param_groups(model, spec) for p in g["params"]}
+    return {n: by_param[id(p)] for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize(
+    ("backbone", "options", "tokens"),
+    [
+        ("dinov3_vits16", {}, {"cls_token", "reg_token"}),  # [1, R, D] registers, RoPE (no pos_embed)
+        ("vit_tiny_patch16", {"num_reg_tokens": 2}, {"cls_token", "reg_token", "pos_embed"}),
+    ],
+)
+def test_backbone_tokens_get_no_weight_decay(backbone, options, tokens):
+    spec = OptimizerSpec(weight_decay=0.05)
+    dims = dict(embed_dim=32, depth=2, num_heads=2, **options)
+    model = build_model({**TINY, "backbone": dict(name=backbone, img_size=[32, 32], options=dims)})
+    assert model.backbone.reg_token.ndim == 3
+    assert {f"backbone.{t}" for t in tokens} <= no_weight_decay_names(model)
+    decay = _decay_of(model, spec)
+    assert all(decay[f"backbone.{t}"] == 0.0 for t in tokens)
+    assert decay["backbone.blocks.0.attn.qkv.weight"] == 0.05
+    assert decay["backbone.patch_embed.proj.weight"] == 0.05
+    assert decay["head.head.weight"] == 0.05
+    assert decay["backbone.blocks.0.norm1.weight"] == decay["backbone.blocks.1.mlp.fc1.bias"] == 0.0
+
+
+def test_head_embeddings_get_no_weight_decay():
+    spec = OptimizerSpec(weight_decay=0.1)
+    fundus = _decay_of(FunduSegmenter(tiny_2d(), 2, adapter_dim=8, width=8), spec)
+    assert fundus["decoder.cls_emb"] == 0.0
+    assert fundus["decoder.proj_patch"] == 0.1
+    cells = CellVTA(tiny_2d(), freeze_backbone=False, num_types=4, num_tissues=3, deform_heads=2, spm_width=8)
+    decay = _decay_of(cells, spec)
+    assert decay["level_embed"] == decay["backbone.cls_token"] == decay["backbone.pos_embed"] == 0.0
+    assert decay["tissue_head.weight"] == 0.1
 
 
 def test_frozen_parameters_are_left_out():

@@ -3,9 +3,9 @@ import pytest
 import torch
 from tiny_models import step_and_compare, tiny_2d, tiny_3d
 
-from medvit.adapters import count_parameters
-from medvit.adapters.cellvta import CellVTA
-from medvit.adapters.deform_attn import MSDeformAttn, ms_deform_attn_core, reference_points
+from medvit.heads.cellvta import CellVTA
+from medvit.heads.deform_attn import MSDeformAttn, ms_deform_attn_core, reference_points
+from medvit.layers.params import count_parameters
 from medvit.postprocess import hv_maps
 
 SMALL = dict(num_types=4, num_tissues=3, deform_heads=2, deform_points=2, spm_width=8, decoder_width=8)

@@ -22,9 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medvit.adapters.common import check_backbone, freeze, map_to_tokens, tokens_to_map
-from medvit.adapters.deform_attn import MSDeformAttn, reference_points
+from medvit.backbones.tokens import check_backbone, map_to_tokens, tokens_to_map
+from medvit.heads.deform_attn import MSDeformAttn, reference_points
 from medvit.heads.hover import HoverDecoder, conv_block
+from medvit.layers.params import freeze
 from medvit.postprocess.hover import HoverResult, hover_postprocess
 
 
@@ -121,8 +122,8 @@ class CellVTA(nn.Module):
     def __init__(
         self,
         backbone: nn.Module,
-        *,
         num_types: int = 6,
+        *,
         num_tissues: int = 19,
         deform_heads: int = 8,
         deform_points: int = 4,
@@ -149,6 +150,10 @@ class CellVTA(nn.Module):
         self.norms = nn.ModuleList(nn.BatchNorm2d(dim) for _ in range(4))
         self.decoder = HoverDecoder(dim, num_types, width=decoder_width)
         self.tissue_head = nn.Linear(dim, num_tissues) if num_tissues > 0 else None
+
+    def no_weight_decay(self) -> set[str]:
+        """The level embedding gets no weight decay (names relative to this module; the backbone has its own)."""
+        return {"level_embed"}
 
     def forward_features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """The fused pyramid ``f1..f4`` and the pooled (final-norm CLS, else mean) token."""

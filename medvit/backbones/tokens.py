@@ -1,4 +1,4 @@
-"""Helpers every adapter shares: parameter counts, freezing, and checking a backbone's contract."""
+"""The backbone contract and its patch tokens: what heads and adapters may rely on, and token <-> map."""
 
 from __future__ import annotations
 
@@ -8,36 +8,6 @@ import torch
 from torch import nn
 
 CONTRACT = ("embed_dim", "patch_size", "spatial_dims", "num_prefix_tokens", "forward_features")
-
-
-def count_parameters(module: nn.Module) -> tuple[int, int]:
-    """``(trainable, total)`` parameter counts of ``module`` (shared parameters counted once)."""
-    trainable = total = 0
-    for p in module.parameters():
-        total += p.numel()
-        if p.requires_grad:
-            trainable += p.numel()
-    return trainable, total
-
-
-def parameter_report(module: nn.Module) -> dict[str, float]:
-    """Trainable and total parameters and the trainable percentage, as plain data for logs."""
-    trainable, total = count_parameters(module)
-    return {"trainable": trainable, "total": total, "trainable_pct": 100.0 * trainable / max(total, 1)}
-
-
-def freeze(module: nn.Module) -> nn.Module:
-    """Stop gradients for every parameter of ``module``; returns it."""
-    for p in module.parameters():
-        p.requires_grad_(False)
-    return module
-
-
-def unfreeze(module: nn.Module) -> nn.Module:
-    """Let every parameter of ``module`` receive gradients; returns it."""
-    for p in module.parameters():
-        p.requires_grad_(True)
-    return module
 
 
 def check_backbone(backbone: nn.Module, *, spatial_dims: Iterable[int] = (2, 3), blocks: bool = False) -> None:
@@ -75,9 +45,3 @@ def tokens_to_map(tokens: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
 def map_to_tokens(x: torch.Tensor) -> torch.Tensor:
     """``[B, D, *grid]`` map to ``[B, N, D]`` tokens."""
     return x.flatten(2).transpose(1, 2)
-
-
-def remove_hooks(module: nn.Module, fn: object) -> None:
-    """Remove every forward hook of ``module`` that is ``fn`` (copies of a model carry their own hooks)."""
-    for key in [k for k, hook in module._forward_hooks.items() if hook is fn]:
-        del module._forward_hooks[key]

@@ -1,8 +1,14 @@
-"""Where and in what precision predict runs: ``--device auto|cpu|cuda|cuda:N``, ``--precision auto|32|bf16``."""
+"""Where and in what precision medvit computes, for training and predict alike (one resolver, so validation
+and predict use the same precision on the same machine).
+
+``auto`` precision is bf16 where the device computes it natively (CUDA with bf16, a CPU with AVX512-BF16 or
+AMX), float16 on older CUDA devices and float32 elsewhere.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 import torch
@@ -10,6 +16,7 @@ import torch
 from medvit.errors import ConfigError
 
 PRECISIONS = ("auto", "32", "bf16")
+_LIGHTNING = {None: "32-true", torch.bfloat16: "bf16-mixed", torch.float16: "16-mixed"}
 
 
 def resolve_device(name: str = "auto") -> tuple[torch.device, str | None]:
@@ -54,10 +61,12 @@ def cpu_has_bf16() -> bool:
 
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``name`` on ``device``: ``torch.bfloat16``, or ``None`` for float32.
+    """The autocast dtype for ``name`` on ``device``: ``torch.bfloat16``/``torch.float16``, or ``None`` for
+    float32.
 
     ``auto`` picks bf16 where the device computes it natively (CUDA with bf16 support, a CPU with AVX512-BF16
-    or AMX) and float32 elsewhere; ``bf16`` forces it, ``32`` turns it off.
+    or AMX), float16 on CUDA devices without bf16, and float32 elsewhere; ``bf16`` forces it, ``32`` turns it
+    off.
     """
     text = str(name).strip().lower()
     if text in ("32", "fp32", "float32"):
@@ -67,12 +76,46 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     if text != "auto":
         raise ConfigError(f"--precision {name!r}: expected one of {', '.join(PRECISIONS)}")
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if cpu_has_bf16() else None
 
 
 def precision_name(dtype: torch.dtype | None) -> str:
-    return "bf16" if dtype == torch.bfloat16 else "32"
+    return {torch.bfloat16: "bf16", torch.float16: "16"}.get(dtype, "32")
+
+
+def resolve_accelerator(name: str) -> str:
+    """A Lightning accelerator: ``auto`` is ``gpu`` where CUDA is available, else ``cpu``.
+
+    Raises:
+        ConfigError: ``gpu``/``cuda`` asked for on a machine without a CUDA device.
+    """
+    text = str(name).strip().lower()
+    if text == "auto":
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    if text in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator {name}: no CUDA device on this machine (use auto, which picks the CPU here)"
+        )
+    return text
+
+
+def trainer_precision(name: str, accelerator: str) -> str:
+    """Lightning's precision string for the ``trainer.precision`` value on ``accelerator`` (resolved):
+    ``auto`` follows :func:`resolve_precision`, as predict does."""
+    text = str(name)
+    if text != "auto":
+        return "32-true" if text == "32" else text
+    device = torch.device("cuda" if accelerator in ("gpu", "cuda") else "cpu")
+    return _LIGHTNING[resolve_precision("auto", device)]
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on (its affinity mask, not the machine's total)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

@@ -2,17 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from medvit.adapters.common import check_backbone, count_parameters, freeze, parameter_report, unfreeze
-
-
-def test_count_and_freeze():
-    m = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
-    assert count_parameters(m) == (26, 26)
-    freeze(m[0])
-    assert count_parameters(m) == (10, 26)
-    assert parameter_report(m)["trainable_pct"] == pytest.approx(100 * 10 / 26)
-    unfreeze(m)
-    assert count_parameters(m) == (26, 26)
+from medvit.backbones.tokens import check_backbone, map_to_tokens, token_grid, tokens_to_map
 
 
 def test_check_backbone_names_what_is_missing():
@@ -28,3 +18,12 @@ def test_check_backbone_dims():
     with pytest.raises(ValueError, match="spatial_dims=3"):
         check_backbone(b, spatial_dims=(2,))
     assert torch.is_tensor(b.forward_features(torch.zeros(1, 1, 16, 16, 16)))
+    assert token_grid(b, (16, 17, 8)) == (2, 3, 1)
+
+
+def test_tokens_and_map_round_trip():
+    tokens = torch.arange(2 * 6 * 4, dtype=torch.float32).reshape(2, 6, 4)
+    fmap = tokens_to_map(tokens, (2, 3))
+    assert fmap.shape == (2, 4, 2, 3)
+    assert torch.equal(fmap[:, :, 1, 2], tokens[:, 5])
+    assert torch.equal(map_to_tokens(fmap), tokens)

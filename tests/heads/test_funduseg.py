@@ -2,11 +2,11 @@ import pytest
 import torch
 from tiny_models import step_and_compare, tiny_2d, tiny_3d
 
-from medvit.adapters import count_parameters
-from medvit.adapters.funduseg import FunduSegmenter, remove_block_adapters
 from medvit.backbones import create_backbone
 from medvit.heads.cbam import CBAM
+from medvit.heads.funduseg import FunduSegmenter, remove_block_adapters
 from medvit.heads.segmenter import MaskTransformer
+from medvit.layers.params import count_parameters
 
 SMALL = dict(adapter_dim=8, width=8)
 

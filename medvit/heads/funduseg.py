@@ -23,9 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medvit.adapters.common import check_backbone, freeze, remove_hooks
+from medvit.backbones.tokens import check_backbone
 from medvit.heads.cbam import CBAM
 from medvit.heads.segmenter import MaskTransformer
+from medvit.layers.params import freeze, remove_hooks
 
 
 def cbr(cin: int, cout: int) -> nn.Sequential:
