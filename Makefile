@@ -5,32 +5,39 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.medvit-installed
+DEV_STAMP := $(VENV)/.medvit-dev-installed
 
 .PHONY: install quickstart test lint format clean
 
-$(STAMP): pyproject.toml
+# medvit and its runtime dependencies only: what `make quickstart` runs with
+$(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first, pinned: the CPU build on these machines; an unpinned torch pulls the CUDA stack
 	$(BIN)/python -m pip install --quiet "torch==$${MEDVIT_TORCH_VERSION:-2.13.0}"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e .
 	touch $(STAMP)
+
+# plus the test-only packages of the dev extra (pytest, ruff, transformers, SimpleITK)
+$(DEV_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(DEV_STAMP)
 
 install: $(STAMP)
 
 quickstart: $(STAMP)
 	$(BIN)/medvit run pipelines/quickstart.yaml
 
-test: $(STAMP)
+test: $(STAMP) $(DEV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-format: $(STAMP)
+format: $(DEV_STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 

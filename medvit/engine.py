@@ -147,8 +147,10 @@ def smoke_overrides(cfg: PipelineConfig) -> list[str]:
 
 def build_datamodule(cfg: PipelineConfig, hardware: Hardware | None = None) -> MedvitDataModule:
     d = cfg.data
-    dm = MedvitDataModule(
-        d.card,
+    card = load_card(d.card)
+    cfg.kind.check_card(card.name, card.task)
+    return MedvitDataModule(
+        card,
         root=d.root,
         transforms=cfg.transforms,
         batch_size=d.batch_size,
@@ -158,8 +160,6 @@ def build_datamodule(cfg: PipelineConfig, hardware: Hardware | None = None) -> M
         limit_cases=d.limit_cases,
         seed=cfg.trainer.seed,
     )
-    cfg.kind.check_card(dm.card.name, dm.card.task)
-    return dm
 
 
 def inference_spec(cfg: PipelineConfig, dm: MedvitDataModule) -> dict[str, Any]:
@@ -189,7 +189,7 @@ def build_task(cfg: PipelineConfig, dm: MedvitDataModule, *, load_weights: bool 
     spec = cfg.model_spec(dm.num_classes)
     inf = inference_spec(cfg, dm)
     try:
-        return cfg.kind.module(
+        return cfg.kind.lightning_module()(
             spec.model_dump(mode="json"),
             cfg.optimizer.model_dump(mode="json"),
             labels=dm.labels,

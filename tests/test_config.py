@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from medvit.config import compose, deep_merge, interpolate, load_yaml, parse_override
+from medvit.config import (
+    compose,
+    compose_pipeline,
+    config_dirs,
+    deep_merge,
+    find_pipeline,
+    interpolate,
+    load_yaml,
+    parse_override,
+)
 from medvit.errors import ConfigError
+from medvit.resources import shipped_dir
 
 
 def test_merge_order_and_lists_replace():
@@ -63,3 +75,36 @@ def test_load_yaml_errors(tmp_path):
 
 def test_deep_merge_replaces_mapping_with_scalar():
     assert deep_merge({"a": {"b": 1}}, {"a": None}) == {"a": None}
+
+
+def test_pipeline_by_name_from_anywhere(tmp_path, monkeypatch):
+    """A bare name is ``<name>.yaml`` in ./pipelines, then in medvit's shipped pipelines; fragments follow."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MEDVIT_CONFIGS", raising=False)
+    shipped = shipped_dir("pipelines") / "quickstart.yaml"
+    assert find_pipeline("quickstart") == find_pipeline("quickstart.yaml") == shipped
+    assert config_dirs()[-1] == shipped_dir("configs")
+    merged, _ = compose_pipeline("quickstart", ["trainer.max_epochs=1"])
+    assert merged["name"] == "quickstart" and merged["trainer"]["max_epochs"] == 1
+    assert merged["trainer"]["accelerator"] == "cpu"  # from the shipped configs/trainer/cpu.yaml
+
+    (tmp_path / "pipelines").mkdir()
+    (tmp_path / "pipelines" / "quickstart.yaml").write_text("name: mine\n")
+    assert find_pipeline("quickstart") == Path("pipelines/quickstart.yaml").resolve()
+    (tmp_path / "own.yaml").write_text("name: own\n")
+    assert find_pipeline("own.yaml") == Path("own.yaml")
+
+
+@pytest.mark.parametrize("name", ["no_such_pipeline", "sub/quickstart.yaml", "sub/quickstart"])
+def test_unknown_pipeline_lists_the_known_names(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=rf"{name}: no such pipeline file or name .*known: .*quickstart") as err:
+        find_pipeline(name)
+    assert "\n" not in str(err.value)
+
+
+def test_shipped_dir_names():
+    assert (shipped_dir("data_cards") / "synthetic_ct.yaml").is_file()
+    assert (shipped_dir("configs") / "trainer" / "cpu.yaml").is_file()
+    with pytest.raises(ValueError, match="unknown shipped folder 'models'"):
+        shipped_dir("models")

@@ -175,7 +175,7 @@ def test_importing_inference_stays_light():
     where MONAI leaves it out; what medvit controls is that neither the engine, the tasks nor the registry's
     writing side come in with the predictor (the registry loads only to resolve a ``models:/`` URI).
     """
-    heavy = ("lightning", "pytorch_lightning", "medvit.engine", "medvit.tasks", "medvit.registry.register")
+    heavy = ("lightning", "pytorch_lightning", "medvit.engine", "medvit.tasks.modules", "medvit.registry.register")
     code = (
         "import sys, medvit.inference; "
         f"print(' '.join(sorted(m for m in {(*heavy, 'mlflow')!r} if m in sys.modules)))"

@@ -65,7 +65,7 @@ def case_record(
         record["error"] = error
     if prediction is not None:
         record["description"] = prediction.input
-        if prediction.task == "classification":
+        if prediction.class_probabilities is not None:
             record["class_probabilities"] = prediction.class_scores()
         else:
             record["volumes_ml"] = prediction.volumes_ml

@@ -25,6 +25,7 @@ import numpy as np
 
 from medvit.errors import ConfigError, GeometryError
 from medvit.inference.predictor import Prediction
+from medvit.tasks import get_kind
 
 OUTPUT_TYPES = ("nifti", "dicom-seg", "png", "json")
 
@@ -32,20 +33,22 @@ OUTPUT_TYPES = ("nifti", "dicom-seg", "png", "json")
 def parse_output_types(text: str | None, *, task: str, spatial_dims: int) -> list[str]:
     """The output types to write: ``text`` (comma-separated) checked against the model, ``json`` always added.
 
-    Defaults: ``nifti`` for 3D segmentation, ``png`` for 2D segmentation, ``json`` for classification.
+    Defaults and the types allowed come from the task kind (``nifti`` for 3D segmentation, ``png`` for 2D
+    segmentation, ``json`` for classification).
 
     Raises:
         ConfigError: An unknown type, or one the model cannot produce (one line naming the option).
     """
+    kind = get_kind(task)
     if text is None or not text.strip():
-        types = ["json"] if task == "classification" else ["nifti" if spatial_dims == 3 else "png"]
+        types = list(kind.default_outputs.get(spatial_dims, ()))
     else:
         types = list(dict.fromkeys(t.strip().lower() for t in text.split(",") if t.strip()))
     for t in types:
         if t not in OUTPUT_TYPES:
             raise ConfigError(f"--output-type {t!r}: unknown output type (choose from {', '.join(OUTPUT_TYPES)})")
-        if task == "classification" and t != "json":
-            raise ConfigError(f"--output-type {t}: a classification model writes json only")
+        if t not in kind.outputs:
+            raise ConfigError(f"--output-type {t}: a {task} model writes {', '.join(kind.outputs)} only")
         if t == "png" and spatial_dims != 2:
             raise ConfigError("--output-type png: needs a 2D segmentation model (use nifti or dicom-seg for 3D)")
     return [t for t in OUTPUT_TYPES if t in types or t == "json"]
@@ -72,7 +75,7 @@ def sidecar(pred: Prediction, name: str, files: dict[str, str], model: dict[str,
         "task": pred.task,
         "labels": {str(k): v for k, v in sorted(pred.labels.items())},
     }
-    if pred.task == "classification":
+    if pred.class_probabilities is not None:
         scores = pred.class_scores()
         out["probabilities"] = scores
         out["predicted"] = max(scores, key=scores.get) if scores else None

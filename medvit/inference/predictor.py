@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from medvit.errors import ConfigError, InputError, MedvitWarning, one_line
 from medvit.device import autocast, precision_name, resolve_device, resolve_precision
+from medvit.errors import ConfigError, InputError, MedvitWarning, one_line
 from medvit.inference.layout import channels_last
 from medvit.inference.progress import progress_bar
 from medvit.inference.resample import index_map, labels_on_grid
@@ -122,8 +122,8 @@ class Predictor:
 
         self.package, self.source = resolve_model(model)
         spec = self.spec = self.package.spec
-        if spec.task == "cells":
-            raise InputError(f"{self.package.path}: 'cells' packages are not supported by predict yet")
+        if spec.kind.prediction is None:
+            raise InputError(f"{self.package.path}: {spec.task!r} packages are not supported by predict yet")
         self.device, self.device_note = resolve_device(device)
         self.autocast_dtype = resolve_precision(precision, self.device)
         inf = spec.inference
@@ -214,7 +214,7 @@ class Predictor:
         result = Prediction(task=spec.task, labels=dict(spec.labels), grid=grid, input=facts, timing=timing)
 
         t = time.perf_counter()
-        if spec.task == "classification":
+        if spec.kind.prediction == "probabilities":
             result.class_probabilities = self._classify(pre)
             timing["infer_s"] = time.perf_counter() - t
             timing["total_s"] = time.perf_counter() - t0

@@ -51,7 +51,7 @@ class MedvitPyfunc:
 
     def _one(self, image: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
         result = self.predictor.predict(image, spacing=spacing)
-        return result.class_probabilities if self.package.spec.task == "classification" else result.mask
+        return result.class_probabilities if self.package.spec.kind.prediction == "probabilities" else result.mask
 
 
 def _load_pyfunc(data_path: str, model_config: dict[str, Any] | None = None) -> MedvitPyfunc:

@@ -136,7 +136,7 @@ def run_predict(
 
 
 def _summary(pred) -> str:
-    if pred.task == "classification":
+    if pred.class_probabilities is not None:
         scores = pred.class_scores()
         best = max(scores, key=scores.get)
         return f"{best} ({scores[best]:.3f})"

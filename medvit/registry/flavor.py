@@ -42,7 +42,7 @@ def signature(spec) -> Any:
 
     dims = spec.spatial_dims
     image = TensorSpec(np.dtype(np.float32), (-1, spec.preprocessing.in_channels, *([-1] * dims)))
-    if spec.task == "classification":
+    if spec.kind.prediction == "probabilities":
         out = TensorSpec(np.dtype(np.float32), (-1, len(spec.labels)))
     else:
         out = TensorSpec(mask_dtype(spec), (-1, *([-1] * dims)))

@@ -1,14 +1,16 @@
 """The registry of task kinds: one :class:`TaskKind` object per kind declares everything about it.
 
 A kind is one module in ``medvit/tasks/`` that defines its pipeline section (a :class:`TaskSection`
-subclass with ``kind: Literal["<name>"]``), its LightningModule and a ``KIND = TaskKind(...)``; it is
-registered by one line in ``medvit/tasks/__init__.py`` (or :func:`register_kind` from outside medvit).
+subclass with ``kind: Literal["<name>"]``) and a ``KIND = TaskKind(...)`` naming its LightningModule (in
+``medvit/tasks/modules/``, imported only when training: predict never loads Lightning); it is registered by
+one line in ``medvit/tasks/__init__.py`` (or :func:`register_kind` from outside medvit).
 The pipeline schema, the engine, the model package and predict read what they need from here: nothing
 else in medvit branches on a kind's name.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -39,8 +41,8 @@ class TaskKind:
     Attributes:
         name: The ``task.kind`` value.
         section: The pipeline's ``task:`` section for this kind (validated on its own options).
-        module: The LightningModule class, built as ``module(model, optimizer, labels=..., inference=...,
-            load_weights=..., **section.options())``.
+        module: ``"package.module:Class"`` of the LightningModule, built as ``Class(model, optimizer,
+            labels=..., inference=..., load_weights=..., **section.options())``; see :meth:`lightning_module`.
         heads: The ``model.head.name`` values this kind accepts.
         card_tasks: Data-card ``task`` values (label types) it trains on.
         monitor: Default metric that picks the best checkpoint; ``monitor_mode`` says which way is better.
@@ -56,7 +58,7 @@ class TaskKind:
 
     name: str
     section: type[TaskSection]
-    module: type
+    module: str
     heads: tuple[str, ...]
     card_tasks: tuple[str, ...]
     monitor: str
@@ -68,6 +70,11 @@ class TaskKind:
     flip_tta: bool = False
     package_fields: Callable[[TaskSection], dict[str, Any]] = lambda section: {}  # noqa: E731
     labels_are_outputs: bool = True
+
+    def lightning_module(self) -> type:
+        """The LightningModule class (imported here, on first use)."""
+        module, _, attr = self.module.partition(":")
+        return getattr(importlib.import_module(module), attr)
 
     def check_head(self, head: str) -> None:
         if head not in self.heads:

@@ -20,7 +20,7 @@ SETS = {
                      {"image": (4, 1, 16, 16, 16), "label": (4, 1, 16, 16, 16)}),
     "synthetic_fundus": ({"preset": "fundus", "resize": [32, 32]}, "segmentation",
                          {"image": (2, 3, 32, 32), "label": (2, 1, 32, 32)}),
-    "synthetic_cells": ({"preset": "he"}, "cells",
+    "synthetic_cells": ({"preset": "he"}, "instance",
                         {"image": (2, 3, 48, 48), "np_map": (2, 48, 48), "hv_map": (2, 2, 48, 48),
                          "tp_map": (2, 48, 48), "inst_map": (2, 48, 48)}),
     "synthetic_cls": ({"preset": "photo"}, "classification", {"image": (2, 3, 32, 32), "label": (2,)}),
@@ -38,9 +38,8 @@ def _small(name):
 
 
 def _module(name, **kwargs):
-    transforms, task, _ = SETS[name]
-    return MedvitDataModule(_small(name), root=None, transforms=kwargs.pop("transforms", transforms), task=task,
-                            **kwargs)  # fmt: skip
+    transforms, _, _ = SETS[name]
+    return MedvitDataModule(_small(name), root=None, transforms=kwargs.pop("transforms", transforms), **kwargs)
 
 
 @pytest.mark.parametrize("name", list(SETS))
@@ -91,14 +90,12 @@ def test_unknown_preset_key_names_it():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"task": "classification"}, "task: 'classification' does not fit data card 'synthetic_fundus'"),
-        ({"task": "detection"}, "task: unknown task 'detection'"),
         ({"batch_size": 0}, "batch_size: must be at least 1"),
         ({"limit_cases": 0}, "limit_cases: must be at least 1"),
     ],
 )
 def test_bad_arguments(kwargs, match):
-    args = {"root": None, "transforms": {"preset": "fundus"}, "task": "segmentation", **kwargs}
+    args = {"root": None, "transforms": {"preset": "fundus"}, **kwargs}
     with pytest.raises(ConfigError, match=match):
         MedvitDataModule(_small("synthetic_fundus"), **args)
 
@@ -114,8 +111,7 @@ def _pairs_card(**layout):
 
 
 def _pairs_module(root):
-    return MedvitDataModule(_pairs_card(), root=str(root), transforms={"preset": "ct", "patch_size": [8, 8, 8]},
-                            task="segmentation")  # fmt: skip
+    return MedvitDataModule(_pairs_card(), root=str(root), transforms={"preset": "ct", "patch_size": [8, 8, 8]})
 
 
 def _write_pairs(root, n=4, label_shape=(12, 12, 8), label_affine=None):

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from medvit import Predictor
-from medvit.errors import ConfigError, InputError, MedvitWarning
 from medvit.device import resolve_device, resolve_precision
+from medvit.errors import ConfigError, InputError, MedvitWarning
 
 OBLIQUE = np.array(
     [[0.96, -0.17, 0.22, -20.0], [0.2, 0.97, -0.1, 15.0], [-0.19, 0.14, 1.2, -8.0], [0.0, 0.0, 0.0, 1.0]]

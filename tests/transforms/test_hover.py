@@ -82,8 +82,8 @@ def _dihedral(a: np.ndarray) -> list[np.ndarray]:
 def test_augmented_cells_keep_targets_consistent(small_cases):
     case = small_cases("synthetic_cells")["train"][0]
     spec = TransformsSpec(preset="he")
-    ref = build_transforms(spec, task="cells", split="val", spatial_dims=2)(case)
-    train = build_transforms(spec, task="cells", split="train", spatial_dims=2)
+    ref = build_transforms(spec, task="instance", split="val", spatial_dims=2)(case)
+    train = build_transforms(spec, task="instance", split="train", spatial_dims=2)
     train.set_random_state(0)
     moved = 0
     for _ in range(8):

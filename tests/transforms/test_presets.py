@@ -23,7 +23,7 @@ from medvit.transforms import (
 SETS = [
     ("synthetic_ct", "ct", "segmentation", {"patch_size": [16, 16, 16], "spacing": [2.0, 2.0, 2.0]}),
     ("synthetic_fundus", "fundus", "segmentation", {"resize": [32, 32]}),
-    ("synthetic_cells", "he", "cells", {}),
+    ("synthetic_cells", "he", "instance", {}),
     ("synthetic_cls", "photo", "classification", {"resize": [40, 40]}),
 ]
 
@@ -95,7 +95,7 @@ def test_sizes_must_fit_the_data():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"task": "detection", "split": "val"}, "task: unknown task 'detection'"),
+        ({"task": "detection", "split": "val"}, "task: unknown label type 'detection'"),
         ({"task": "segmentation", "split": "holdout"}, "split: unknown split 'holdout'"),
         ({"task": "multilabel", "split": "val"}, "num_classes: a multilabel task"),
     ],
