@@ -138,3 +138,93 @@ def test_quickstart_as_shipped_reaches_dice_above_0_7(tmp_path):
     info = json.loads((run_dir / "run.json").read_text())
     run = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}").get_run(info["mlflow_run_id"])
     assert run.data.metrics["val/dice"] > 0.7 and run.data.params["trainer.max_epochs"] == "15"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_nodes_of_one_process_each_make_one_run(tmp_path):
+    """As on a cluster: every process runs `medvit run` itself from the same folder (two nodes on loopback,
+    gloo); only global rank 0 creates the run folder and the MLflow run, the other learns them."""
+    import mlflow
+
+    port = str(_free_port())
+    args = [MEDVIT, "run", str(QUICKSTART), *SMALL, "trainer.num_nodes=2", "trainer.strategy=ddp",
+            "trainer.devices=1", "trainer.accelerator=cpu", "trainer.precision=32", "trainer.max_steps=2",
+            "trainer.max_epochs=1", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"]  # fmt: skip
+    procs = []
+    for node in (0, 1):
+        env = _env(tmp_path) | {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "WORLD_SIZE": "2",
+                                "NODE_RANK": str(node)}  # fmt: skip
+        procs.append(subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))  # fmt: skip
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (stdout, stderr) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, stdout[-2000:] + stderr[-2000:]
+        assert "Traceback" not in stderr
+    assert "model package:" in outs[0][0] and "model package:" not in outs[1][0]
+    run_dirs = list((tmp_path / "runs" / "quickstart").iterdir())
+    assert len(run_dirs) == 1
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert runs[0].info.run_id == json.loads((run_dirs[0] / "run.json").read_text())["mlflow_run_id"]
+
+
+def test_run_failing_after_its_folder_exists_is_marked_failed(tmp_path, monkeypatch):
+    """A failure inside training: one line naming the run folder, the MLflow run FAILED (not RUNNING), the
+    traceback kept in error.log."""
+    import mlflow
+    from typer.testing import CliRunner
+
+    from medvit.cli import app
+    from medvit.tasks.modules.segmentation import SegmentationTask
+
+    def broken(self, batch, batch_idx):
+        raise RuntimeError("simulated out of memory")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MEDVIT_CACHE", str(REPO / ".pytest_cache" / "medvit"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(SegmentationTask, "training_step", broken)
+    result = CliRunner().invoke(app, ["run", "quickstart", "--smoke"])
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "run failed: simulated out of memory" in lines[0] and "FAILED" in lines[0]
+    assert "Traceback" not in result.output
+    run_dir = next((tmp_path / "runs" / "quickstart").iterdir())
+    assert "simulated out of memory" in (run_dir / "error.log").read_text()
+    run_id = json.loads((run_dir / "run.json").read_text())["mlflow_run_id"]
+    client = mlflow.MlflowClient(tracking_uri="sqlite:///mlruns.db")
+    assert client.get_run(run_id).info.status == "FAILED"
+
+
+@pytest.mark.slow
+def test_terminated_run_is_marked_killed_and_resumable(tmp_path):
+    """SIGTERM (what schedulers send before killing a job): the MLflow run ends KILLED, never RUNNING, and the
+    one-line message says how to resume."""
+    import mlflow
+
+    proc = subprocess.Popen(
+        [MEDVIT, "run", str(QUICKSTART), *SMALL, "trainer.max_epochs=50"],
+        cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if list((tmp_path / "runs" / "quickstart").glob("*/checkpoints/last.ckpt")):
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode not in (0, None), stdout[-2000:]
+    assert "Traceback" not in stderr and "run interrupted" in stderr and "--resume" in stderr, stderr[-2000:]
+    run_dir = next((tmp_path / "runs" / "quickstart").iterdir())
+    run_id = json.loads((run_dir / "run.json").read_text())["mlflow_run_id"]
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}")
+    assert client.get_run(run_id).info.status == "KILLED"
