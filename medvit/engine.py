@@ -322,6 +322,8 @@ def _new_run_dir(cfg: PipelineConfig) -> Path:
 
 
 def _quiet_libraries() -> None:
+    import mlflow  # noqa: F401 - configures its loggers on first import: quiet them after
+
     for name in ("alembic", "mlflow", "urllib3"):
         logging.getLogger(name).setLevel(logging.WARNING)
     logging.getLogger("lightning.pytorch.loggers.mlflow").setLevel(logging.ERROR)  # "Creating experiment"

@@ -90,7 +90,10 @@ def _run(args):
     [
         (["model.backbone.nmae=x"], "model.backbone.nmae: unknown key"),
         (["trainer.max_epochs=many"], "trainer.max_epochs: Input should be a valid integer"),
-        (["task.kind=detection"], "task: unknown task kind 'detection' (known: classification, segmentation, cells)"),
+        (
+            ["task.kind=detection"],
+            "task: unknown task kind 'detection' (known: classification, segmentation, cells)",
+        ),
         (["task.label_smoothing=0.1"], "task.label_smoothing: unknown key"),
         (["model.head.name=linear"], "model.head.name 'linear' does not fit task.kind 'segmentation'"),
         (["data.card=synthetic_cls"], "task: 'segmentation' does not fit data card 'synthetic_cls'"),
@@ -209,3 +212,19 @@ def test_mixed_precision_on_cuda(name, precision, tmp_path):
     result = run_pipeline(REPO / "pipelines" / f"{name}.yaml", overrides, smoke=True)
     assert math.isfinite(result.metrics["train/loss_epoch"])
     assert load_package(result.package).build() is not None
+
+
+def test_register_of_an_engine_written_package_attaches_to_its_training_run(tmp_path):
+    import mlflow
+
+    from medvit.engine import run_pipeline
+    from medvit.registry import register_package
+
+    result = run_pipeline("quickstart", ["trainer.progress=none"], smoke=True)
+    assert result.mlflow_run_id
+    info = register_package(result.package, name="liver", tracking_uri="sqlite:///mlruns.db")
+    assert info["run_id"] == result.mlflow_run_id  # logged into the run that trained it
+    client = mlflow.MlflowClient(tracking_uri="sqlite:///mlruns.db")
+    version = client.get_model_version("liver", info["version"])
+    assert version.run_id == result.mlflow_run_id
+    assert client.get_run(result.mlflow_run_id).info.status == "FINISHED"

@@ -153,8 +153,6 @@ class Preprocessing(_Strict):
     notes: str | None = None
 
 
-
-
 class DataCard(_Strict):
     """The schema of ``data_cards/*.yaml``."""
 
