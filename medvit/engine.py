@@ -41,6 +41,7 @@ from medvit.backbones import describe_backbone
 from medvit.data.cards import find_card, load_card
 from medvit.data.datamodule import MedvitDataModule
 from medvit.errors import ConfigError, InputError, MedvitError, one_line
+from medvit.models.build import TINY_HEAD_OPTIONS
 from medvit.package import PackageSpec, Provenance, save_package
 from medvit.pipeline import PipelineConfig, load_pipeline
 from medvit.registry.uri import default_tracking_uri
@@ -125,6 +126,7 @@ def smoke_overrides(cfg: PipelineConfig) -> list[str]:
         "model.backbone.options.embed_dim=48",
         "model.backbone.options.depth=4",
         "model.backbone.options.num_heads=2",
+        *[f"model.head.options.{k}={v}" for k, v in TINY_HEAD_OPTIONS.get(cfg.model.head.name, {}).items()],
         *shape,
         "transforms.samples_per_volume=1",
         "trainer.accelerator=auto",

@@ -24,6 +24,12 @@ HEADS: dict[str, tuple[str, str]] = {
     "funduseg": ("medvit.heads", "FunduSegmenter"),
     "cellvta": ("medvit.heads", "CellVTA"),
 }
+# each head's small variant, for smoke runs (``medvit run --smoke``): a few MB instead of hundreds
+TINY_HEAD_OPTIONS: dict[str, dict[str, Any]] = {
+    "unetr": {"feature_size": 8},
+    "funduseg": {"adapter_dim": 16},
+    "cellvta": {"spm_width": 16, "decoder_width": 16},
+}
 _POSITIONAL = {"backbone", "num_classes", "out_channels", "num_types", "self"}
 
 
