@@ -162,7 +162,7 @@ def test_run_logs_config_params_metrics_and_package_to_mlflow(tmp_path):
     assert "model package:" in result.output and "medvit predict -m" in result.output
     run_dir = next((tmp_path / "runs" / "quickstart").iterdir())
     info = json.loads((run_dir / "run.json").read_text())
-    client = mlflow.MlflowClient(tracking_uri="sqlite:///mlruns.db")
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}")
     run = client.get_run(info["mlflow_run_id"])
     params = run.data.params  # the resolved config once, flattened by Lightning's logger
     assert params["model/backbone/name"] == "vit_tiny_patch8_3d" and params["task/kind"] == "segmentation"
@@ -222,9 +222,10 @@ def test_register_of_an_engine_written_package_attaches_to_its_training_run(tmp_
 
     result = run_pipeline("quickstart", ["trainer.progress=none"], smoke=True)
     assert result.mlflow_run_id
-    info = register_package(result.package, name="liver", tracking_uri="sqlite:///mlruns.db")
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"  # absolute: MLflow caches stores by URI within a process
+    info = register_package(result.package, name="liver", tracking_uri=uri)
     assert info["run_id"] == result.mlflow_run_id  # logged into the run that trained it
-    client = mlflow.MlflowClient(tracking_uri="sqlite:///mlruns.db")
+    client = mlflow.MlflowClient(tracking_uri=uri)
     version = client.get_model_version("liver", info["version"])
     assert version.run_id == result.mlflow_run_id
     assert client.get_run(result.mlflow_run_id).info.status == "FINISHED"

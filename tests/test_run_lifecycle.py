@@ -137,7 +137,7 @@ def test_quickstart_as_shipped_reaches_dice_above_0_7(tmp_path):
     assert (run_dir / "package" / "medvit.yaml").is_file()
     info = json.loads((run_dir / "run.json").read_text())
     run = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}").get_run(info["mlflow_run_id"])
-    assert run.data.metrics["val/dice"] > 0.7 and run.data.params["trainer.max_epochs"] == "15"
+    assert run.data.metrics["val/dice"] > 0.7 and run.data.params["trainer/max_epochs"] == "15"
 
 
 def _free_port() -> int:
@@ -201,7 +201,7 @@ def test_run_failing_after_its_folder_exists_is_marked_failed(tmp_path, monkeypa
     run_dir = next((tmp_path / "runs" / "quickstart").iterdir())
     assert "simulated out of memory" in (run_dir / "error.log").read_text()
     run_id = json.loads((run_dir / "run.json").read_text())["mlflow_run_id"]
-    client = mlflow.MlflowClient(tracking_uri="sqlite:///mlruns.db")
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}")  # absolute: stores are cached
     assert client.get_run(run_id).info.status == "FAILED"
 
 
