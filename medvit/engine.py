@@ -35,6 +35,8 @@ from lightning.pytorch.callbacks import (
     RichProgressBar,
     TQDMProgressBar,
 )
+from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.strategies import DDPStrategy
 
 from medvit import device
 from medvit.backbones import describe_backbone
@@ -44,6 +46,7 @@ from medvit.errors import ConfigError, InputError, MedvitError, one_line
 from medvit.models.build import TINY_HEAD_OPTIONS
 from medvit.package import PackageSpec, Provenance, save_package
 from medvit.pipeline import PipelineConfig, load_pipeline
+from medvit.registry import register_package
 from medvit.registry.uri import default_tracking_uri
 
 RUN_DIR_ENV = "MEDVIT_RUN_DIR"
@@ -251,8 +254,6 @@ def build_trainer(
         callbacks.append(ValidationLine(cfg.monitor(), t.max_epochs))
     strategy: Any = t.strategy
     if t.strategy == "ddp" and hardware.accelerator == "cpu":
-        from lightning.pytorch.strategies import DDPStrategy
-
         strategy = DDPStrategy(process_group_backend="gloo")
     optional = {
         k: getattr(t, k)
@@ -324,7 +325,8 @@ def _new_run_dir(cfg: PipelineConfig) -> Path:
 
 
 def _quiet_libraries() -> None:
-    import mlflow  # noqa: F401 - configures its loggers on first import: quiet them after
+    # MLflow configures its loggers on first import: quiet them after
+    import mlflow  # noqa: F401  # lazy: medvit run reports config errors before MLflow loads
 
     for name in ("alembic", "mlflow", "urllib3"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -333,8 +335,6 @@ def _quiet_libraries() -> None:
 
 
 def _mlflow_logger(cfg: PipelineConfig, dm: MedvitDataModule, run_dir: Path, run_id: str | None):
-    from lightning.pytorch.loggers import MLFlowLogger
-
     return MLFlowLogger(
         experiment_name=cfg.tracking.experiment,
         run_name=cfg.tracking.run_name or f"{cfg.name}-{run_dir.name}",
@@ -461,7 +461,7 @@ def _failed(exc: BaseException, run_dir: Path, run_json: dict[str, Any], cfg: Pi
     marked = ""
     if run_id:
         try:
-            from mlflow import MlflowClient
+            from mlflow import MlflowClient  # lazy: as in _quiet_libraries
 
             MlflowClient(tracking_uri(cfg)).set_terminated(run_id, status)
             marked = f"; MLflow run {run_id} marked {status}"
@@ -505,8 +505,6 @@ def _train(checked: Checked, trainer: L.Trainer, run_dir: Path, run_json: dict, 
         client.log_artifacts(logger.run_id, str(result.package), artifact_path="package")
         client.log_artifact(logger.run_id, str(run_dir / "metrics.json"))
         if cfg.tracking.register_as:
-            from medvit.registry import register_package
-
             result.registered = register_package(
                 result.package, name=cfg.tracking.register_as, alias=cfg.tracking.alias, tracking_uri=uri,
                 run_id=logger.run_id,

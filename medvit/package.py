@@ -18,9 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
+import medvit
 from medvit.errors import ConfigError, InputError, one_line, validation_line
+from medvit.io.atomic import atomic_dir
+from medvit.models import build_model
 from medvit.models.spec import ModelSpec
 from medvit.tasks import TaskKind, get_kind
 from medvit.transforms.preprocess import PreprocessSpec
@@ -167,8 +174,6 @@ class ModelPackage:
 
     def build(self):
         """The network with the package's weights loaded strictly, in eval mode, on CPU."""
-        from medvit.models import build_model
-
         model = build_model(self.spec.model, load_weights=False)
         state = self.state_dict if self.state_dict is not None else read_weights(self.path / WEIGHTS_FILE)
         missing, unexpected = model.load_state_dict(state, strict=False)
@@ -183,9 +188,6 @@ class ModelPackage:
 
 
 def read_weights(path: Path) -> dict[str, Any]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
@@ -203,12 +205,6 @@ def save_package(
 
     Returns the package folder.
     """
-    import yaml
-    from safetensors.torch import save_file
-
-    import medvit
-    from medvit.io.atomic import atomic_dir
-
     spec = spec if isinstance(spec, PackageSpec) else PackageSpec.model_validate(spec)
     spec = spec.model_copy(update={"medvit_version": medvit.__version__})
     folder = Path(folder)
@@ -236,8 +232,6 @@ def load_package(path: str | os.PathLike) -> ModelPackage:
     Raises:
         InputError: Not found, not a package, or a spec that does not validate (one line naming the file).
     """
-    import yaml
-
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such model package, run folder or checkpoint")
@@ -272,8 +266,6 @@ def load_package(path: str | os.PathLike) -> ModelPackage:
 
 def _checkpoint_state(path: Path) -> dict[str, Any]:
     """The network weights of a medvit Lightning checkpoint (``model.`` prefix of the task module)."""
-    import torch
-
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001  (torch raises many types for bad files)

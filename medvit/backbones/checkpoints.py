@@ -19,10 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import safetensors.torch
 import torch
+from safetensors import safe_open
 from torch import nn
 
 from medvit.errors import InputError, one_line
+from medvit.io.atomic import atomic_path
 from medvit.layers import resample_abs_pos_embed
 
 log = logging.getLogger("medvit.backbones")
@@ -136,8 +139,6 @@ def _is_zip(path: Path) -> bool:
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt", device="cpu") as fh:
             meta = fh.metadata() or {}
@@ -228,16 +229,12 @@ def save_backbone(model: nn.Module, path: str | os.PathLike) -> Path:
     The file is written under a temporary name beside ``path`` and renamed when complete; a failure leaves
     neither the temporary file nor a partial ``path``.
     """
-    from safetensors.torch import save_file
-
-    from medvit.io.atomic import atomic_path  # here: importing medvit.io loads the image readers
-
     path = Path(path)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     cfg = getattr(model, "pretrained_cfg", None)
     meta = {"format": MEDVIT_FORMAT, "backbone": getattr(cfg, "name", "") or ""}
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=meta)
+        safetensors.torch.save_file(state, str(tmp), metadata=meta)
     return path
 
 

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medvit.errors import ConfigError, validation_line
@@ -248,8 +249,6 @@ def find_card(name_or_path: str | Path) -> Path:
 
 def load_card(name_or_path: str | Path) -> DataCard:
     """Load and validate a card by name (looked up in :func:`card_dirs`) or by path."""
-    import yaml
-
     path = find_card(name_or_path)
     try:
         data = yaml.safe_load(path.read_text())

@@ -14,6 +14,7 @@ from typing import Any
 
 import lightning as L
 import numpy as np
+import torch
 
 from medvit.data.cards import DataCard, load_card
 from medvit.data.layouts import SPLITS, discover, split_cases
@@ -146,7 +147,7 @@ class MedvitDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Find and split the cases, and build the data sets the stage needs (all when ``stage`` is None)."""
-        from monai.data import CacheDataset, Dataset
+        from monai.data import CacheDataset, Dataset  # lazy: medvit run reports config errors before MONAI loads
 
         if self.datalist is None:
             self.datalist = self._build_datalist()
@@ -165,8 +166,7 @@ class MedvitDataModule(L.LightningDataModule):
     # -------------------------------------------------------------------------------------------- loaders
 
     def _loader(self, split: str, *, batch_size: int, shuffle: bool):
-        import torch
-        from monai.data import DataLoader, list_data_collate
+        from monai.data import DataLoader, list_data_collate  # lazy: as in setup
 
         if split not in self.datasets:
             self.setup(None)

@@ -213,7 +213,7 @@ def discover(card: DataCard, root: str | Path | None) -> tuple[list[Case], list[
     """All cases the card's layout finds under ``root``, and the layout problems seen on the way."""
     problems: list[str] = []
     if isinstance(card.layout, Synthetic):  # generated on first use; no root means the medvit cache
-        from medvit.data import synthetic
+        from medvit.data import synthetic  # lazy: import cycle (synthetic reads its sets through ADAPTERS)
 
         return synthetic.generate(card.layout, root), problems
     root = Path(root) if root not in (None, "") else None

@@ -16,8 +16,13 @@ import os
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from medvit.data.cards import Conic, Datalist, FolderPairs, Synthetic
+from medvit.data.layouts import ADAPTERS
+from medvit.errors import InputError
+from medvit.io import write_nifti
+from medvit.io.atomic import atomic_dir
 
 DEFAULT_SIZES = {"ct3d": [64, 64, 48], "fundus": [128, 128], "cells": [128, 128], "classification": [64, 64]}
 
@@ -54,8 +59,6 @@ def ct_case(rng: np.random.Generator, shape) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _ct3d(out: Path, layout: Synthetic, rng: np.random.Generator) -> FolderPairs:
-    from medvit.io import write_nifti
-
     shape = layout.size or DEFAULT_SIZES["ct3d"]
     spacing = np.array([1.5, 1.5, 2.0])
     for i in range(layout.num_cases):
@@ -69,8 +72,6 @@ def _ct3d(out: Path, layout: Synthetic, rng: np.random.Generator) -> FolderPairs
 
 
 def _fundus(out: Path, layout: Synthetic, rng: np.random.Generator) -> FolderPairs:
-    from PIL import Image
-
     h, w = layout.size or DEFAULT_SIZES["fundus"]
     (out / "images").mkdir(parents=True)
     (out / "masks").mkdir(parents=True)
@@ -126,8 +127,6 @@ def _cells(out: Path, layout: Synthetic, rng: np.random.Generator) -> Conic:
 
 
 def _classification(out: Path, layout: Synthetic, rng: np.random.Generator) -> Datalist:
-    from PIL import Image
-
     h, w = layout.size or DEFAULT_SIZES["classification"]
     (out / "images").mkdir(parents=True)
     rows = ["image,label"]
@@ -163,11 +162,7 @@ def ensure(layout: Synthetic, root: str | Path | None = None) -> tuple[Path, obj
     inner = _written(out, spec)
     if inner is None:
         if out.exists() and any(out.iterdir()):
-            from medvit.errors import InputError
-
             raise InputError(f"{out}: folder exists and is not this synthetic set; choose an empty root")
-        from medvit.io.atomic import atomic_dir
-
         try:
             with atomic_dir(out, overwrite=out.exists()) as tmp:  # an existing folder is empty: replace it
                 inner_layout = GENERATORS[layout.generator](tmp, layout, np.random.default_rng(layout.seed))
@@ -193,7 +188,5 @@ def _written(out: Path, spec: dict) -> dict | None:
 
 def generate(layout: Synthetic, root: str | Path | None = None) -> list[dict]:
     """Cases of a synthetic set (generated on first use), read through the layout it is written in."""
-    from medvit.data.layouts import ADAPTERS
-
     out, inner = ensure(layout, root)
     return ADAPTERS[type(inner)](inner, out, [])

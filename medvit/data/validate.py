@@ -6,6 +6,7 @@ values outside the card's map, each with the file name; summarises cases, classe
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,9 @@ import numpy as np
 
 from medvit.data.cards import Conic, DataCard, PanNuke, Synthetic
 from medvit.data.layouts import discover, split_cases
+from medvit.data.synthetic import ensure
 from medvit.errors import MedvitError
+from medvit.io import read_image
 from medvit.io.geometry import same_grid
 from medvit.transforms.label_maps import remap_labels
 
@@ -31,14 +34,10 @@ class Report:
 
 
 def _read(path: str, problems: list[str]):
-    from medvit.io import read_image
-
     if not Path(path).exists():
         problems.append(f"{path}: missing file")
         return None
     try:
-        import warnings
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return read_image(path)
@@ -96,8 +95,6 @@ def validate_card(card: DataCard, root: str | Path | None) -> Report:
     allowed = set(card.labels)
     layout = card.layout
     if isinstance(layout, Synthetic):  # checked through the layout the set is written in
-        from medvit.data.synthetic import ensure
-
         layout = ensure(layout, root)[1]
     remap = getattr(layout, "label_remap", None)
 

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medvit.errors import InputError
+from medvit.io.image2d import is_image2d_name
+from medvit.io.nifti import is_nifti_name
+from medvit.io.reader import sniff
 
 _STRIP = (".nii.gz", ".nii", ".hdr.gz", ".hdr", ".img.gz", ".img", ".png", ".jpg", ".jpeg", ".tif", ".tiff",
           ".bmp", ".dcm", ".dicom", ".ima", ".zip")  # fmt: skip
@@ -50,9 +53,6 @@ def _looks_dicom(path: Path) -> bool:
 
 
 def _kind(path: Path) -> str:
-    from medvit.io.image2d import is_image2d_name
-    from medvit.io.nifti import is_nifti_name
-
     if path.is_dir() or path.name.lower().endswith(".zip"):
         return "dicom"
     if is_nifti_name(path):
@@ -75,8 +75,6 @@ def discover_cases(
     Raises:
         InputError: ``path`` does not exist, or a folder holds no case.
     """
-    from medvit.io.reader import sniff
-
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or directory")

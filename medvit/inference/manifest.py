@@ -12,7 +12,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+import medvit
 from medvit.inference.predictor import Prediction
+from medvit.io.atomic import atomic_file
 
 MANIFEST = "manifest.json"
 
@@ -34,8 +36,6 @@ def model_record(predictor) -> dict[str, Any]:
 
 def new_manifest(predictor, options: dict[str, Any]) -> dict[str, Any]:
     """The manifest header; cases are appended by :func:`case_record`."""
-    import medvit
-
     settings = predictor.options()
     return {
         "medvit_version": medvit.__version__,
@@ -88,8 +88,6 @@ def finish(manifest: dict[str, Any], seconds: float) -> dict[str, Any]:
 
 def write_manifest(manifest: dict[str, Any], outdir: str | os.PathLike) -> Path:
     """Write ``manifest.json`` into ``outdir`` atomically."""
-    from medvit.io.atomic import atomic_file
-
     path = Path(outdir) / MANIFEST
     with atomic_file(path) as tmp:
         tmp.write_text(json.dumps(manifest, indent=2, default=_plain) + "\n")

@@ -21,10 +21,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 
+import medvit.io  # writers looked up at call time (tests replace them)
 from medvit.errors import ConfigError, GeometryError
 from medvit.inference.predictor import Prediction
+from medvit.io.atomic import atomic_files
 from medvit.tasks import get_kind
 
 OUTPUT_TYPES = ("nifti", "dicom-seg", "png", "json")
@@ -101,8 +104,6 @@ def write_outputs(
         InputError: A writer refused the prediction (e.g. DICOM-SEG for an input that is not DICOM).
         GeometryError: A written mask does not have the input's shape and affine.
     """
-    from medvit.io.atomic import atomic_files
-
     outdir = Path(outdir)
     files = output_files(name, types, spatial_dims=len(pred.grid.spatial_shape), probabilities=probabilities)
     with atomic_files(outdir, files.values(), stage=name) as stage:
@@ -115,16 +116,12 @@ def write_outputs(
 
 
 def _nifti(pred: Prediction, path: Path) -> None:
-    from medvit.io import write_nifti
-
-    write_nifti(pred.mask, path, affine=pred.grid.affine)
+    medvit.io.write_nifti(pred.mask, path, affine=pred.grid.affine)
     check_grid(path, pred.grid.spatial_shape, pred.grid.affine)
 
 
 def check_grid(path: Path, shape: Sequence[int], affine: np.ndarray) -> None:
     """Read a written NIfTI's header back (nibabel) and check it has the input grid: shape and affine."""
-    import nibabel as nib
-
     img = nib.load(str(path))
     want = tuple(int(s) for s in shape) + (1,) * (3 - len(shape))
     if tuple(img.shape[:3]) != want or not np.allclose(img.affine, affine, atol=1e-4):
@@ -135,18 +132,14 @@ def check_grid(path: Path, shape: Sequence[int], affine: np.ndarray) -> None:
 
 
 def _dicom_seg(pred: Prediction, path: Path) -> None:
-    from medvit.io import write_dicom_seg
-
     background = min(pred.labels)
     names = {k: v for k, v in pred.labels.items() if k != background}
-    write_dicom_seg(pred.mask, pred.grid, path, label_names=names)
+    medvit.io.write_dicom_seg(pred.mask, pred.grid, path, label_names=names)
 
 
 def _png(pred: Prediction, path: Path) -> None:
-    from medvit.io import write_png
-
     mask = pred.mask[..., 0] if pred.mask.ndim == 3 else pred.mask
-    write_png(mask, path)
+    medvit.io.write_png(mask, path)
 
 
 def _probabilities(pred: Prediction, path: Path) -> None:
@@ -156,9 +149,7 @@ def _probabilities(pred: Prediction, path: Path) -> None:
         with open(path, "wb") as fh:
             np.savez_compressed(fh, probabilities=pred.probabilities, labels=np.asarray(sorted(pred.labels)))
         return
-    from medvit.io import write_nifti
-
-    write_nifti(pred.probabilities, path, affine=pred.grid.affine)
+    medvit.io.write_nifti(pred.probabilities, path, affine=pred.grid.affine)
 
 
 _WRITERS = {

@@ -25,6 +25,9 @@ from medvit.inference.resample import index_map, labels_on_grid
 from medvit.inference.sliding import sliding_window_with_fallback
 from medvit.inference.source import resolve_model
 from medvit.inference.tta import with_flip_tta
+from medvit.io import describe, read_image
+from medvit.io.meta import make_image
+from medvit.transforms import preprocess_transforms
 from medvit.transforms.preprocess import CHANNEL_FITS
 
 _GRID_META = ("source", "format", "modality", "spacing_known", "dicom_sources", "dicom_frames")
@@ -116,9 +119,7 @@ class Predictor:
         tta: bool = False,
         progress: bool = False,
     ) -> None:
-        from monai.transforms import Compose
-
-        from medvit.transforms import preprocess_transforms
+        from monai.transforms import Compose  # lazy: import medvit.inference stays free of MONAI
 
         self.package, self.source = resolve_model(model)
         spec = self.spec = self.package.spec
@@ -198,8 +199,6 @@ class Predictor:
             np.asarray(image.affine, dtype=np.float64),
             {k: image.meta[k] for k in _GRID_META if k in image.meta},
         )
-        from medvit.io import describe
-
         facts = describe(image)
         work, squeezed = self._fit(image)
         del image
@@ -241,11 +240,9 @@ class Predictor:
         return result
 
     def _load(self, x, *, series, spacing, affine):
-        from monai.data import MetaTensor
+        from monai.data import MetaTensor  # lazy: import medvit.inference stays free of MONAI
 
         if isinstance(x, str | os.PathLike):
-            from medvit.io import read_image
-
             return read_image(x, series=series, spacing=spacing)
         if isinstance(x, MetaTensor):
             return x
@@ -255,7 +252,7 @@ class Predictor:
 
     def _fit(self, image):
         """Check the image against the model's dimensions and channels; a one-slice volume fits a 2D model."""
-        from monai.data import MetaTensor
+        from monai.data import MetaTensor  # lazy: import medvit.inference stays free of MONAI
 
         spec = self.spec
         src = image.meta.get("source", "input")
@@ -358,8 +355,6 @@ def array_image(x, dims: int, *, affine: np.ndarray | None = None, spacing: tupl
     ``[*S]`` gets a channel axis; the affine is ``affine`` (4x4, or 3x3 for 2D), else ``diag(spacing)``, else
     the identity (then volumes are not reported: the spacing is unknown).
     """
-    from medvit.io.meta import make_image
-
     data = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     if data.ndim == dims:
         data = data[None]

@@ -40,7 +40,7 @@ def window_starts(size: int, roi: int, overlap: float) -> list[int]:
 def importance_map(roi: Sequence[int], blend: str = "gaussian") -> torch.Tensor:
     """The weight of each voxel of a window: MONAI's ``compute_importance_map`` (``gaussian``: sigma 0.125 roi,
     peak 1, held at least 1e-3; or ``constant`` ones)."""
-    from monai.data.utils import compute_importance_map
+    from monai.data.utils import compute_importance_map  # lazy: import medvit.inference stays free of MONAI
 
     if blend not in ("gaussian", "constant"):
         raise ValueError(f"blend must be 'gaussian' or 'constant', got {blend!r}")

@@ -34,8 +34,7 @@ def resolve_model(model: ModelPackage | str | os.PathLike) -> tuple[ModelPackage
         package = load_package(uri)
         return package, {"uri": uri, "version": None, "package": str(package.path)}
     try:
-        # imported here so that predicting from a package folder never loads the registry (nor MLflow)
-        from medvit.registry import resolve_model_uri
+        from medvit.registry import resolve_model_uri  # lazy: predict from a package folder loads no MLflow
 
         package_dir, info = resolve_model_uri(uri)
     except ModuleNotFoundError as exc:

@@ -82,7 +82,7 @@ class ScanReport:
 
 
 def _dcmread(fp, *, force: bool = False):
-    import pydicom
+    import pydicom  # lazy: keeps medvit cards list free of pydicom
 
     return pydicom.dcmread(fp, defer_size="256 KB", force=force)
 
@@ -92,7 +92,7 @@ def read_dataset(path: Path, *, data: bytes | None = None, strict: bool = False)
 
     Files without the 128-byte preamble are accepted when they parse into a dataset with an SOP class.
     """
-    from pydicom.errors import InvalidDicomError
+    from pydicom.errors import InvalidDicomError  # lazy: keeps medvit cards list free of pydicom
 
     def open_():
         return io.BytesIO(data) if data is not None else str(path)

@@ -6,14 +6,16 @@ from pathlib import Path
 
 import numpy as np
 
+import medvit
 from medvit.errors import InputError, one_line
 from medvit.io.atomic import atomic_path
+from medvit.io.dicom_scan import load_source_dataset
 from medvit.io.meta import to_numpy
 
 
 def _segment_descriptions(labels: dict[int, str], version: str):
-    import highdicom as hd
-    from pydicom.sr.codedict import codes
+    import highdicom as hd  # lazy: highdicom only for DICOM-SEG output (not info, convert, cards)
+    from pydicom.sr.codedict import codes  # lazy: as highdicom
 
     algorithm = hd.AlgorithmIdentificationSequence(
         name="medvit", version=version, family=codes.cid7162.ArtificialIntelligence
@@ -51,10 +53,7 @@ def write_dicom_seg(
         label_names: ``{label value: name}``; values without a name are called ``label_N``.
         series_description: SeriesDescription of the new SEG series.
     """
-    import highdicom as hd
-
-    import medvit
-    from medvit.io.dicom_scan import load_source_dataset
+    import highdicom as hd  # lazy: highdicom only for DICOM-SEG output (not info, convert, cards)
 
     path = Path(path)
     meta = getattr(reference, "meta", {}) or {}

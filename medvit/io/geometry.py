@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from medvit.errors import GeometryError
+
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 #: Meta keys every medvit image carries (besides MONAI's ``affine``).
@@ -53,7 +55,7 @@ class Geometry:
     @property
     def orientation(self) -> str:
         """Axis codes such as ``"RAS"`` or ``"LPS"``: where each voxel axis points (nearest world axis)."""
-        import nibabel as nib
+        import nibabel as nib  # lazy: keeps medvit cards list free of nibabel
 
         return "".join(nib.aff2axcodes(compose_affine(self.origin, self.spacing, self.direction)))
 
@@ -64,8 +66,6 @@ def decompose_affine(affine: np.ndarray) -> Geometry:
     linear = affine[:3, :3]
     spacing = np.linalg.norm(linear, axis=0)
     if np.any(spacing <= 0) or not np.all(np.isfinite(affine)):
-        from medvit.errors import GeometryError
-
         raise GeometryError(f"affine is degenerate (zero or non-finite voxel size): {affine.tolist()}")
     return Geometry(spacing=spacing, origin=affine[:3, 3].copy(), direction=linear / spacing[None, :])
 

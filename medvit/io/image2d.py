@@ -6,6 +6,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from medvit.errors import InputError, MedvitWarning, one_line
 from medvit.io.atomic import atomic_path
@@ -28,8 +29,6 @@ def read_image2d(path: str | Path):
     Pixels have no physical size: the affine is the identity on (row, column) and ``spacing_known`` is
     ``False``. 16-bit images keep their values (as int32).
     """
-    from PIL import Image, UnidentifiedImageError
-
     path = Path(path)
     try:
         with Image.open(path) as img:
@@ -71,8 +70,6 @@ def write_png(mask, path: str | Path) -> Path:
 
     Integer labels 0-255 are written as 8-bit, up to 65535 as 16-bit; other values are an error.
     """
-    from PIL import Image
-
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise InputError(f"{path}: PNG output needs a .png name")

@@ -34,8 +34,8 @@ def make_image(
     **extra: Any,
 ):
     """Wrap a channel-first array and its RAS affine into a MetaTensor with the medvit meta keys."""
-    import torch
-    from monai.data import MetaTensor
+    import torch  # lazy: keeps medvit cards list free of torch
+    from monai.data import MetaTensor  # lazy: keeps medvit cards list free of MONAI
 
     data = np.ascontiguousarray(data)
     if not data.flags.writeable:  # PIL hands out read-only buffers; torch warns on those

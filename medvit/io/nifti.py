@@ -41,7 +41,7 @@ def read_nifti(path: str | Path):
     stacked modalities as channels); 2D ``[I, J]`` becomes ``[1, I, J, 1]``. The affine is the file's own
     (sform when set, else qform), in RAS; the data keep their stored type after scaling.
     """
-    import nibabel as nib
+    import nibabel as nib  # lazy: keeps medvit cards list free of nibabel
 
     path = Path(path)
     _check_pair(path)
@@ -109,7 +109,7 @@ def write_nifti(image, path: str | Path, *, affine: np.ndarray | None = None) ->
         path: target file name ending in ``.nii`` or ``.nii.gz``.
         affine: voxel-to-RAS 4x4; required when ``image`` carries none.
     """
-    import nibabel as nib
+    import nibabel as nib  # lazy: keeps medvit cards list free of nibabel
 
     path = Path(path)
     if not path.name.lower().endswith((".nii", ".nii.gz")):

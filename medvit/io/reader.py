@@ -8,7 +8,10 @@ from typing import Any
 import numpy as np
 
 from medvit.errors import InputError, NotDicomError
+from medvit.io.dicom import read_dicom
 from medvit.io.geometry import decompose_affine
+from medvit.io.image2d import is_image2d_name, read_image2d
+from medvit.io.nifti import is_nifti_name, read_nifti
 
 _PNG = b"\x89PNG\r\n\x1a\n"
 _JPEG = b"\xff\xd8\xff"
@@ -18,9 +21,6 @@ _BMP = b"BM"
 
 def sniff(path: Path) -> str:
     """Guess the format of an existing file or folder: ``dicom``, ``nifti`` or ``image2d``."""
-    from medvit.io.image2d import is_image2d_name
-    from medvit.io.nifti import is_nifti_name
-
     if path.is_dir():
         return "dicom"
     name = path.name.lower()
@@ -62,15 +62,9 @@ def read_image(path: str | Path, *, series: str | None = None, spacing: tuple[fl
         raise InputError(f"{path}: empty file")
     fmt = sniff(path)
     if fmt == "nifti":
-        from medvit.io.nifti import read_nifti
-
         return read_nifti(path)
     if fmt == "image2d":
-        from medvit.io.image2d import read_image2d
-
         return read_image2d(path)
-    from medvit.io.dicom import read_dicom
-
     try:
         return read_dicom(path, series=series, spacing=spacing)
     except NotDicomError:  # DICOM was only the last guess: say what was tried

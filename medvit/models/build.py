@@ -9,6 +9,7 @@ from typing import Any
 
 from torch import nn
 
+from medvit.backbones import create_backbone
 from medvit.errors import ConfigError, one_line
 from medvit.models.spec import ModelSpec
 
@@ -58,8 +59,6 @@ def build_model(spec: ModelSpec | dict[str, Any], *, load_weights: bool = True) 
         ConfigError: Unknown names or options, or options the parts reject (one line naming the part).
         CheckpointError: Pretrained weights missing, unsafe or not matching the backbone.
     """
-    from medvit.backbones import create_backbone
-
     spec = spec if isinstance(spec, ModelSpec) else ModelSpec.model_validate(spec)
     bb = spec.backbone
     weights = bb.weights if load_weights else None

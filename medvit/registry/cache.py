@@ -21,8 +21,10 @@ from typing import Any
 import yaml
 
 from medvit.errors import InputError
+from medvit.io.atomic import atomic_dir
+from medvit.registry.flavor import FLAVOR_NAME
 from medvit.registry.models import model_version, registered_model
-from medvit.registry.session import display_uri, mlflow_session, resolve_tracking_uri
+from medvit.registry.session import display_uri, mlflow_session, registry_errors, resolve_tracking_uri, unreachable
 from medvit.registry.uri import ModelRef, parse_model_uri
 
 RECORD = "registry.json"
@@ -112,8 +114,6 @@ def _download(client, mv, entry: Path, uri: str) -> None:
 
     A stale entry (the registered model was re-created) is replaced; nothing outside the cache is touched.
     """
-    from medvit.io.atomic import atomic_dir
-
     root = client.get_model_version_download_uri(mv.name, mv.version).rstrip("/")
     cache = Path(os.path.abspath(cache_root()))
     if cache not in Path(os.path.abspath(entry)).parents:  # lexical: a linked cache folder stays allowed
@@ -135,11 +135,9 @@ def _download(client, mv, entry: Path, uri: str) -> None:
 def _fetch_package(root: str, tmp: Path, mv, uri: str) -> tuple[Path, str]:
     """The MLflow Model at ``root``: check it is a medvit model, download its package into ``tmp``, check that;
     returns the package folder and its hash."""
-    from mlflow.artifacts import download_artifacts
+    from mlflow.artifacts import download_artifacts  # lazy: MLflow only for registry commands
 
-    from medvit.package import load_package
-    from medvit.registry.flavor import FLAVOR_NAME
-    from medvit.registry.session import registry_errors, unreachable
+    from medvit.package import load_package  # lazy: keeps models list free of torch
 
     not_medvit = f"{uri}: not a medvit model (version {mv.version} has no '{FLAVOR_NAME}' flavour)"
     try:

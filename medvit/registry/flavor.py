@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
+import medvit
 from medvit.errors import InputError
 
 FLAVOR_NAME = "medvit"
@@ -37,8 +39,8 @@ _REQUIREMENTS = ("torch", "monai", "safetensors", "pydantic", "PyYAML", "numpy",
 def signature(spec) -> Any:
     """The model signature of a package spec: a float32 ``(-1, C, *spatial)`` image tensor and a ``spacing``
     parameter in; the label mask ``(-1, *spatial)`` or class probabilities ``(-1, K)`` (float32) out."""
-    from mlflow.models import ModelSignature
-    from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
+    from mlflow.models import ModelSignature  # lazy: MLflow only for registry commands
+    from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec  # lazy: MLflow only for registry commands
 
     dims = spec.spatial_dims
     image = TensorSpec(np.dtype(np.float32), (-1, spec.preprocessing.in_channels, *([-1] * dims)))
@@ -69,8 +71,6 @@ def input_example(spec) -> tuple[np.ndarray, dict[str, Any]]:
 
 def pip_requirements() -> list[str]:
     """What a serving environment needs: medvit itself (pinned) and its main dependencies (pinned as here)."""
-    import medvit
-
     reqs = [f"medvit=={medvit.__version__}"]
     for name in _REQUIREMENTS:
         try:
@@ -88,13 +88,12 @@ def save_model(path: str | Path, *, package: str | Path, mlflow_model=None, **_:
         package: Model package folder (validated with :func:`medvit.load_package`).
         mlflow_model: The ``Model`` being logged (its run and model ids); a new one when ``None``.
     """
-    import yaml
-    from mlflow import pyfunc
-    from mlflow.models import Model
-    from mlflow.models.utils import _save_example
-    from mlflow.utils.environment import _mlflow_conda_env, _PythonEnv
+    from mlflow import pyfunc  # lazy: MLflow only for registry commands
+    from mlflow.models import Model  # lazy: MLflow only for registry commands
+    from mlflow.models.utils import _save_example  # lazy: MLflow only for registry commands
+    from mlflow.utils.environment import _mlflow_conda_env, _PythonEnv  # lazy: MLflow only for registry commands
 
-    from medvit.package import SPEC_FILE, WEIGHTS_FILE, load_package
+    from medvit.package import SPEC_FILE, WEIGHTS_FILE, load_package  # lazy: keeps models list free of torch
 
     pkg = load_package(package)
     if pkg.state_dict is not None:
@@ -133,6 +132,4 @@ def save_model(path: str | Path, *, package: str | Path, mlflow_model=None, **_:
 
 
 def _medvit_version() -> str:
-    import medvit
-
     return medvit.__version__

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from medvit.errors import InputError
+from medvit.registry import flavor
 from medvit.registry.session import (
     display_uri,
     is_not_found,
@@ -53,7 +54,7 @@ def register_package(
     Raises:
         InputError: Bad package, name, alias or tag; unknown run; unreachable server (one line).
     """
-    from medvit.package import load_package
+    from medvit.package import load_package  # lazy: keeps models list free of torch
 
     check_model_name(name)
     if alias is not None:
@@ -96,10 +97,8 @@ def _register(client, pkg, *, name, alias, run_id, extra, uri) -> dict[str, Any]
 
 def _log_model(client, folder: Path, *, run_id: str, exp_id: str, tags: dict[str, str]) -> str:
     """Log the package as an MLflow (logged) Model of ``run_id``; returns its model id."""
-    from mlflow.entities import LoggedModelOutput
-    from mlflow.models import Model
-
-    from medvit.registry import flavor
+    from mlflow.entities import LoggedModelOutput  # lazy: MLflow only for registry commands
+    from mlflow.models import Model  # lazy: MLflow only for registry commands
 
     logged = client.create_logged_model(
         experiment_id=exp_id, name=MODEL_NAME, source_run_id=run_id, tags=tags, model_type=flavor.FLAVOR_NAME
@@ -126,7 +125,7 @@ def _as_package_folder(pkg, tmp: Path):
     """``pkg``, or for a checkpoint the package written from the run's spec and the checkpoint's weights."""
     if pkg.state_dict is None:
         return pkg
-    from medvit.package import load_package, save_package
+    from medvit.package import load_package, save_package  # lazy: keeps models list free of torch
 
     return load_package(save_package(pkg.build(), pkg.spec, tmp / "package"))
 

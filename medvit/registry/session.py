@@ -80,9 +80,10 @@ def mlflow_session(tracking_uri: str | None = None, *, subject: str, create: boo
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", module=r"mlflow(\..*)?$")
         warnings.filterwarnings("ignore", category=FutureWarning)
-        import mlflow  # configures its loggers on first import: quiet them after
-        from mlflow.tracking._model_registry import utils as registry_utils
-        from mlflow.tracking._tracking_service import utils as tracking_utils
+        # lazy, and under these filters: MLflow configures its loggers on first import (quieted below)
+        import mlflow  # lazy: MLflow only for registry commands
+        from mlflow.tracking._model_registry import utils as registry_utils  # lazy: as mlflow
+        from mlflow.tracking._tracking_service import utils as tracking_utils  # lazy: as mlflow
 
         levels = {name: logging.getLogger(name).level for name in _QUIET_LOGGERS}
         for key, value in SESSION_ENV.items():
@@ -112,9 +113,9 @@ def mlflow_session(tracking_uri: str | None = None, *, subject: str, create: boo
 
 def registry_errors() -> tuple[type[BaseException], ...]:
     """The exception types an MLflow call raises for a bad store, server, name or artifact (not for bugs)."""
-    import requests
-    import sqlalchemy.exc
-    from mlflow.exceptions import MlflowException
+    import requests  # lazy: registry commands only (MLflow's HTTP stack)
+    import sqlalchemy.exc  # lazy: registry commands only (MLflow's SQL store)
+    from mlflow.exceptions import MlflowException  # lazy: MLflow only for registry commands
 
     return MlflowException, requests.exceptions.RequestException, sqlalchemy.exc.SQLAlchemyError, OSError
 
@@ -131,7 +132,7 @@ def is_not_found(exc: BaseException) -> bool:
 
 def unreachable(exc: BaseException) -> bool:
     """Whether ``exc`` is a connection failure (server down, wrong host or port, timeout)."""
-    import requests
+    import requests  # lazy: registry commands only (MLflow's HTTP stack)
 
     return isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout) or bool(
         _UNREACHABLE.search(str(exc))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import medvit
 from medvit.errors import InputError
 
 MARKER = "medvit.package"
@@ -18,8 +19,6 @@ _MAX_VALUE = 5000
 
 def package_tags(pkg, *, run_metrics: dict[str, float] | None = None) -> dict[str, str]:
     """Version tags for a loaded :class:`~medvit.package.ModelPackage` (plus the run's metrics, which win)."""
-    import medvit
-
     spec = pkg.spec
     prov = spec.provenance
     tags = {

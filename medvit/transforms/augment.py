@@ -10,10 +10,20 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from monai.transforms import (
+    RandAdjustContrastd,
+    RandAffined,
+    RandFlipd,
+    RandGaussianNoised,
+    RandGaussianSmoothd,
+    RandRotate90d,
+    RandRotated,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+)
+
 
 def _intensity(image: list[str], *, scale: float, shift: float, channel_wise: bool, p: float = 0.5) -> list:
-    from monai.transforms import RandScaleIntensityd, RandShiftIntensityd
-
     return [
         RandScaleIntensityd(image, factors=scale, prob=p, channel_wise=channel_wise),  # contrast
         RandShiftIntensityd(image, offsets=shift, prob=p, channel_wise=channel_wise),  # brightness
@@ -21,8 +31,6 @@ def _intensity(image: list[str], *, scale: float, shift: float, channel_wise: bo
 
 
 def _flips(keys: list[str], axes: Sequence[int], p: float = 0.5) -> list:
-    from monai.transforms import RandFlipd
-
     return [RandFlipd(keys, prob=p, spatial_axis=a) for a in axes]
 
 
@@ -35,8 +43,6 @@ def volume_augment(image: Sequence[str], labels: Sequence[str]) -> list:
 def fundus_augment(image: Sequence[str], labels: Sequence[str]) -> list:
     """2D segmentation (FunduSegmenter's ``designed_transform``): rotate +-15 degrees, flips,
     brightness/contrast, gamma, Gaussian noise and blur."""
-    from monai.transforms import RandAdjustContrastd, RandGaussianNoised, RandGaussianSmoothd, RandRotated
-
     image, labels = list(image), list(labels)
     both = image + labels
     modes = ["bilinear"] * len(image) + ["nearest"] * len(labels)
@@ -53,8 +59,6 @@ def fundus_augment(image: Sequence[str], labels: Sequence[str]) -> list:
 def photo_augment(image: Sequence[str], labels: Sequence[str] = ()) -> list:
     """2D classification (RETFound-like): horizontal flip, a small affine (rotate +-10 degrees, scale +-10 %),
     per-channel brightness/contrast (colour jitter) and gamma."""
-    from monai.transforms import RandAdjustContrastd, RandAffined
-
     image, labels = list(image), list(labels)
     both = image + labels
     modes = ["bilinear"] * len(image) + ["nearest"] * len(labels)
@@ -77,8 +81,6 @@ def photo_augment(image: Sequence[str], labels: Sequence[str] = ()) -> list:
 def he_augment(image: Sequence[str], labels: Sequence[str]) -> list:
     """H&E tiles (HoVer-Net/CellViT recipe): rot90 and flips (exact on instance maps), then blur, noise and
     per-channel colour jitter on the image. Compute the HoVer targets after these."""
-    from monai.transforms import RandAdjustContrastd, RandGaussianNoised, RandGaussianSmoothd, RandRotate90d
-
     image, both = list(image), list(image) + list(labels)
     return [
         RandRotate90d(both, prob=0.75, max_k=3, spatial_axes=(0, 1)),

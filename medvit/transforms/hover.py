@@ -18,6 +18,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 
 from medvit.postprocess.hover import hv_maps
+from medvit.transforms.io import LoadImage
 
 
 def hover_maps(inst_map: np.ndarray) -> np.ndarray:
@@ -87,8 +88,6 @@ class HoverTargetsd(MapTransform):
         for key in self.key_iterator(d):
             label = d.pop(key)
             if isinstance(label, str):
-                from medvit.transforms.io import LoadImage
-
                 label = LoadImage(label=True)(label, d.get(self.index_key))
             d["np_map"], d["hv_map"], d["tp_map"], d["inst_map"] = self.targets(label)
         return d

@@ -15,9 +15,14 @@ from typing import Any
 import numpy as np
 import torch
 from monai.config import KeysCollection
+from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 
 from medvit.errors import InputError, MedvitError, one_line
+from medvit.io import read_image
+from medvit.io.geometry import pad_affine_2d, same_grid
+from medvit.io.meta import make_image
+from medvit.transforms.label_maps import pannuke_to_maps, remap_labels
 
 # meta keys a loaded image keeps: geometry and provenance that collate into batches (no None, no ragged lists;
 # no derived spacing/origin/direction, which resampling would leave stale: the affine is the truth)
@@ -40,9 +45,6 @@ def _collatable(image):
 
 
 def _read_npy(path: str, index: int | None):
-    from medvit.io.geometry import pad_affine_2d
-    from medvit.io.meta import make_image
-
     if index is None:
         raise InputError(f"{path}: a .npy case needs an 'index' into the array")
     try:
@@ -58,8 +60,6 @@ def _read_npy(path: str, index: int | None):
 
 
 def _read(path: str | Sequence[str], index: int | None):
-    from medvit.io import read_image
-
     if isinstance(path, str | Path) and str(path).endswith(".npy"):
         return _read_npy(str(path), index)
     if isinstance(path, str | Path):
@@ -69,16 +69,12 @@ def _read(path: str | Sequence[str], index: int | None):
     for p, part in zip(path[1:], parts[1:], strict=True):
         if tuple(part.shape[1:]) != tuple(first.shape[1:]):
             raise InputError(f"{p}: channel image shape {tuple(part.shape[1:])} differs from {path[0]}")
-    from monai.data import MetaTensor
-
     out = torch.cat([p.as_tensor() for p in parts], dim=0)
     return MetaTensor(out, meta=dict(first.meta))
 
 
 def _as_class_map(label, path: str, remap: dict[int, int] | None):
     """A read label image -> ``[1, *S]`` int32 class map (remapped), or ``[2, H, W]`` for cell arrays."""
-    from medvit.transforms.label_maps import pannuke_to_maps, remap_labels
-
     data = np.asarray(label)
     if label.meta.get("format") == "npy" and data.shape[0] in (2, 6):  # CoNIC (inst, type) / PanNuke masks
         if data.shape[0] == 6:
@@ -96,8 +92,6 @@ def _as_class_map(label, path: str, remap: dict[int, int] | None):
                 raise InputError(f"{path}: label values are not whole numbers (a label map must hold classes)")
             data = rounded
         out = remap_labels(data.astype(np.int32), remap)
-    from monai.data import MetaTensor
-
     return MetaTensor(torch.from_numpy(np.ascontiguousarray(out)), meta=dict(label.meta))
 
 
@@ -177,8 +171,6 @@ class LoadImaged(MapTransform):
         return d
 
     def _check_grid(self, cid: str, key: str, label, image) -> None:
-        from medvit.io.geometry import same_grid
-
         name = Path(str(label.meta.get("filename_or_obj", key))).name
         if tuple(label.shape[1:]) != tuple(image.shape[1:]):
             raise InputError(

@@ -92,7 +92,7 @@ CHANNEL_FITS = {(1, 3), (4, 3), (3, 1)}
 
 
 def _ensure_channels(spec: PreprocessSpec, keys: Sequence[str]):
-    from monai.transforms import Lambdad
+    from monai.transforms import Lambdad  # lazy: keeps medvit cards list free of MONAI
 
     want = spec.in_channels
 
@@ -122,7 +122,7 @@ def preprocess_transforms(
     Images are resampled bilinearly, labels (``label_keys``) by nearest neighbour; only images get the
     channel fitting and intensity mapping. Images come out as float32.
     """
-    from monai.transforms import (
+    from monai.transforms import (  # lazy: keeps medvit cards list free of MONAI
         CastToTyped,
         NormalizeIntensityd,
         Orientationd,

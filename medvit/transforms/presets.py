@@ -209,7 +209,7 @@ def build_transforms(
     Returns:
         A :class:`monai.transforms.Compose`; seed it with ``set_random_state(seed)``.
     """
-    from monai.transforms import Compose
+    from monai.transforms import Compose  # lazy: keeps medvit cards list free of MONAI
 
     task = _task(task)
     multilabel = task == "multilabel"
@@ -219,7 +219,7 @@ def build_transforms(
         raise ConfigError("num_classes: a multilabel task needs the number of classes")
     spec = spec.resolve(spatial_dims)
     labels = ["label"] if task in ("segmentation", "instance") else []
-    from medvit.transforms.io import LoadImaged
+    from medvit.transforms.io import LoadImaged  # lazy: keeps medvit cards list free of MONAI
 
     chain: list = [LoadImaged(["image", *labels], label_keys=labels, label_remap=label_remap)]
     chain += preprocess_transforms(
@@ -237,7 +237,12 @@ def _crop(spec: TransformsSpec, task: str, labels: list[str], num_classes: int |
     """Pad to the patch, then crop: segmentation crops are centred on a foreground voxel with probability
     ``pos_fraction``, split evenly over the foreground classes when their number is known (nnU-Net-style
     oversampling, so that small organs are seen as often as large ones)."""
-    from monai.transforms import RandCropByLabelClassesd, RandCropByPosNegLabeld, RandSpatialCropd, SpatialPadd
+    from monai.transforms import (  # lazy: keeps medvit cards list free of MONAI
+        RandCropByLabelClassesd,
+        RandCropByPosNegLabeld,
+        RandSpatialCropd,
+        SpatialPadd,
+    )
 
     if spec.patch_size is None:
         return []
@@ -273,7 +278,7 @@ def _crop(spec: TransformsSpec, task: str, labels: list[str], num_classes: int |
 
 
 def _augment(spec: TransformsSpec, task: str, spatial_dims: int, labels: list[str]) -> list:
-    from medvit.transforms import augment
+    from medvit.transforms import augment  # lazy: keeps medvit cards list free of MONAI
 
     if spatial_dims == 3:
         return augment.volume_augment(["image"], labels)
@@ -285,8 +290,8 @@ def _augment(spec: TransformsSpec, task: str, spatial_dims: int, labels: list[st
 
 
 def _outputs(task: str, spatial_dims: int, num_classes: int | None) -> list:
-    import torch
-    from monai.transforms import EnsureTyped, SelectItemsd
+    import torch  # lazy: keeps medvit cards list free of torch
+    from monai.transforms import EnsureTyped, SelectItemsd  # lazy: keeps medvit cards list free of MONAI
 
     meta = spatial_dims == 3  # 3D keeps geometry (sliding window, inverting to the input grid)
     out: list = [EnsureTyped("image", dtype=torch.float32, track_meta=meta)]
@@ -294,12 +299,12 @@ def _outputs(task: str, spatial_dims: int, num_classes: int | None) -> list:
         out.append(EnsureTyped("label", dtype=torch.long, track_meta=meta))
         targets = ["label"]
     elif task in ("classification", "multilabel"):
-        from medvit.transforms.labels import ClassLabeld
+        from medvit.transforms.labels import ClassLabeld  # lazy: keeps medvit cards list free of MONAI
 
         out.append(ClassLabeld("label", num_classes=num_classes))
         targets = ["label"]
     else:
-        from medvit.transforms.hover import HoverTargetsd
+        from medvit.transforms.hover import HoverTargetsd  # lazy: keeps medvit cards list free of MONAI
 
         out.append(HoverTargetsd("label"))
         targets = ["np_map", "hv_map", "tp_map", "inst_map"]
