@@ -1,10 +1,11 @@
 """Start-up cost of a whole ``medvit predict`` process against ``python -c 'import monai'`` in the same
 environment (MONAI's import is most of any medical-imaging tool's start-up).
 
-Writes a tiny 3D segmentation package (random weights, the quick start's architecture) and a small CT-like
-NIfTI volume, then runs, interleaved, ``import monai`` and ``medvit predict -m PKG -i ct.nii.gz -o OUT`` as
-separate processes and prints the minimum wall time of each and their ratio. Run it with the interpreter of
-the environment to measure (``make quickstart``'s has no test-only packages):
+Trains the quick start's smoke run (``medvit run quickstart --smoke``: a real engine-written 3D package),
+writes a small CT-like NIfTI volume, then runs, interleaved, ``import monai`` and
+``medvit predict -m PKG -i ct.nii.gz -o OUT`` as separate processes and prints the minimum wall time of
+each and their ratio. Run it with the interpreter of the environment to measure (``make quickstart``'s has no
+test-only packages):
 
     .venv/bin/python benchmarks/bench_startup.py --repeats 5
 """
@@ -22,27 +23,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from medvit.models import build_model
-from medvit.package import PackageSpec, save_package
-
-SPEC = dict(
-    name="startup_seg3d",
-    task="segmentation",
-    labels={0: "background", 1: "liver_like", 2: "kidney_like"},
-    model=dict(
-        backbone=dict(name="vit_tiny_patch8_3d", img_size=[32, 32, 32], options=dict(embed_dim=96, depth=4)),
-        head=dict(name="unetr", options=dict(feature_size=16)),
-        num_classes=3,
-    ),
-    preprocessing=dict(
-        spatial_dims=3,
-        in_channels=1,
-        orientation="RAS",
-        spacing=[2.0, 2.0, 2.0],
-        intensity=dict(kind="window", a_min=-175, a_max=250),
-    ),
-    inference=dict(mode="sliding_window", roi_size=[32, 32, 32], tta_axes=[0, 1, 2]),
-)
+from medvit.engine import run_pipeline
 
 
 def _timed(cmd: list[str], cwd: Path) -> float:
@@ -59,8 +40,8 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="medvit-startup-"))
     try:
-        spec = PackageSpec.model_validate(SPEC)
-        package = save_package(build_model(spec.model, load_weights=False), spec, work / "package")
+        smoke = ["tracking.enabled=false", "trainer.progress=none", f"output.dir={work / 'runs'}"]
+        package = run_pipeline("quickstart", smoke, smoke=True, echo=lambda _: None).package
         rng = np.random.default_rng(0)
         ct = rng.normal(40, 20, (64, 64, 48)).astype(np.int16)
         nib.save(nib.Nifti1Image(ct, np.diag([1.5, 1.5, 2.0, 1.0])), work / "ct.nii.gz")
