@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import sys
 import time
 import traceback
@@ -414,6 +415,7 @@ def run_pipeline(
         last = resume_dir / "checkpoints" / "last.ckpt"
         if not last.is_file():
             raise InputError(f"{resume_dir}: no checkpoints/last.ckpt to resume from")
+        _check_checkpoint(last)
         if (resume_dir / "run.json").is_file():
             run_json = json.loads((resume_dir / "run.json").read_text())
         ckpt_path = str(last)
@@ -451,6 +453,26 @@ def run_pipeline(
         os.environ.pop(RUN_JSON_ENV, None)
 
 
+def _check_checkpoint(path: Path) -> None:
+    """A checkpoint to resume from must be a readable Lightning checkpoint of tensors and plain data: it is read
+    with ``weights_only=True`` (whatever ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says), so no pickled code runs.
+
+    Raises:
+        InputError: Unreadable, truncated, not a Lightning checkpoint, or pickling more than weights.
+    """
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as exc:
+        raise InputError(
+            f"{path}: holds pickled Python objects beyond weights ({one_line(exc, 120)}); medvit does not run "
+            "them: resume only from checkpoints medvit wrote"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for damaged files
+        raise InputError(f"{path}: not a readable checkpoint ({one_line(exc, 160)})") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise InputError(f"{path}: not a Lightning checkpoint (no state_dict)")
+
+
 def _failed(exc: BaseException, run_dir: Path, run_json: dict[str, Any], cfg: PipelineConfig) -> BaseException:
     """Mark the MLflow run FAILED (KILLED when interrupted), keep the traceback, and say so in one line."""
     interrupted = isinstance(exc, KeyboardInterrupt | SystemExit) or type(exc).__name__ == "SIGTERMException"
@@ -475,13 +497,13 @@ def _failed(exc: BaseException, run_dir: Path, run_json: dict[str, Any], cfg: Pi
 
 def _train(checked: Checked, trainer: L.Trainer, run_dir: Path, run_json: dict, logger, ckpt_path) -> RunResult:
     cfg, dm, task = checked.cfg, checked.datamodule, checked.task
-    trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
+    trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)  # whatever the environment says
     metrics = _scalars(trainer.callback_metrics)  # the last validation
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best and trainer.checkpoint_callback.best_model_score is not None:
         metrics[f"best/{cfg.monitor()}"] = float(trainer.checkpoint_callback.best_model_score)
     if cfg.trainer.test and not cfg.trainer.fast_dev_run:
-        trainer.test(task, datamodule=dm, ckpt_path=best or None, verbose=False)
+        trainer.test(task, datamodule=dm, ckpt_path=best or None, verbose=False, weights_only=True)
         metrics.update(_scalars(trainer.callback_metrics))
     elif best:
         _load_weights(task, best)
