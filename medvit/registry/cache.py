@@ -17,6 +17,7 @@ import re
 import shutil
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import yaml
 
@@ -25,9 +26,37 @@ from medvit.io.atomic import atomic_dir
 from medvit.registry.flavor import FLAVOR_NAME
 from medvit.registry.models import model_version, registered_model
 from medvit.registry.session import display_uri, mlflow_session, registry_errors, resolve_tracking_uri, unreachable
-from medvit.registry.uri import ModelRef, parse_model_uri
+from medvit.registry.uri import ModelRef, is_http, parse_model_uri
 
 RECORD = "registry.json"
+_VERSION = re.compile(r"[1-9][0-9]{0,9}")  # MLflow model versions are positive integers
+_ARTIFACT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+_LOCAL_SCHEMES = ("", "file")
+
+
+def checked_version(version: Any, uri: str) -> str:
+    """A version the registry answered, as the decimal number it must be: it names a cache folder, so anything
+    else (``..``, a path, a URL) is refused.
+
+    Raises:
+        InputError: Not a positive integer (one line naming the URI and the value).
+    """
+    text = str(version)
+    if not _VERSION.fullmatch(text):
+        raise InputError(f"{uri}: the registry answered version {text[:80]!r}, which is not a version number")
+    return text
+
+
+def checked_download_root(root: str, tracking_uri: str, uri: str) -> str:
+    """The download location a registry answered: a server may not point medvit at local files.
+
+    Raises:
+        InputError: A ``file:`` URI or plain path from an HTTP(S) tracking server.
+    """
+    scheme = urlparse(root).scheme.lower()
+    if is_http(tracking_uri) and (scheme in _LOCAL_SCHEMES or len(scheme) == 1):  # "C:" is a drive
+        raise InputError(f"{uri}: the registry server answered a local download location; refusing to read it")
+    return root
 
 
 def cache_root() -> Path:
@@ -81,13 +110,18 @@ def _lookup(client, ref: ModelRef, uri: str):
         if ref.alias not in aliases:
             known = ", ".join(sorted(aliases)) or "none"
             raise InputError(f"{uri}: model {ref.name!r} has no alias {ref.alias!r} (aliases: {known})")
-        version = str(aliases[ref.alias])
+        version = checked_version(aliases[ref.alias], uri)
     elif version == "latest":
-        versions = [int(v.version) for v in rm.latest_versions or []]
+        versions = [int(checked_version(v.version, uri)) for v in rm.latest_versions or []]
         if not versions:
             raise InputError(f"{uri}: model {ref.name!r} has no versions")
         version = str(max(versions))
-    return model_version(client, ref.name, version, subject=uri)
+    mv = model_version(client, ref.name, version, subject=uri)
+    if checked_version(mv.version, uri) != str(version):
+        raise InputError(f"{uri}: the registry answered version {mv.version} for version {version}")
+    if mv.name != ref.name:
+        raise InputError(f"{uri}: the registry answered model {str(mv.name)[:80]!r} for {ref.name!r}")
+    return mv
 
 
 def _model_id(source: str) -> str | None:
@@ -115,6 +149,7 @@ def _download(client, mv, entry: Path, uri: str) -> None:
     A stale entry (the registered model was re-created) is replaced; nothing outside the cache is touched.
     """
     root = client.get_model_version_download_uri(mv.name, mv.version).rstrip("/")
+    root = checked_download_root(root, client.tracking_uri, uri)
     cache = Path(os.path.abspath(cache_root()))
     if cache not in Path(os.path.abspath(entry)).parents:  # lexical: a linked cache folder stays allowed
         raise InputError(f"{uri}: version {mv.version!r} does not name a folder inside the cache {cache}")
@@ -150,6 +185,8 @@ def _fetch_package(root: str, tmp: Path, mv, uri: str) -> tuple[Path, str]:
     if not isinstance(flavors, dict) or not isinstance(flavors.get(FLAVOR_NAME), dict):
         raise InputError(not_medvit)
     sub = str(flavors[FLAVOR_NAME].get("package", "package"))
+    if not _ARTIFACT_NAME.fullmatch(sub) or sub.strip(".") == "":
+        raise InputError(f"{uri}: the MLmodel names package folder {sub[:80]!r}, not a plain folder name")
     got = Path(download_artifacts(artifact_uri=f"{root}/{sub}", dst_path=str(tmp / "dl")))
     try:
         pkg = load_package(got)

@@ -12,6 +12,8 @@ from medvit.registry import cache
 
 
 class _Client:
+    tracking_uri = "sqlite:///mlruns.db"  # a local store: local download locations are its own
+
     def get_model_version_download_uri(self, name, version):
         return "file:///nowhere"
 
