@@ -1,22 +1,61 @@
 """``medvit predict`` as a library function: every case of an input through one Predictor, then the manifest.
 
-A single input that fails raises (one line, nothing written). In a folder, a failing case is reported,
-recorded in the manifest with its one-line error and skipped; the others are predicted.
+A single input that fails raises (one line, nothing written). In a folder, each case is isolated: a failing
+case, whatever the error, is reported in one line, recorded in the manifest and skipped (an unexpected
+error's traceback goes to ``OUT/predict-errors.log``); the others are predicted. One predict writes to an
+output folder at a time (a lock file in it); staging folders a killed predict left are removed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import shutil
 import time
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medvit.errors import ConfigError, MedvitError, one_line
+from medvit.errors import ConfigError, InputError, MedvitError, one_line
 from medvit.inference.cases import Case, discover_cases
 from medvit.inference.manifest import case_record, finish, model_record, new_manifest, write_manifest
 from medvit.inference.outputs import output_files, parse_output_types, write_outputs
+
+LOCK = ".medvit-predict.lock"
+ERROR_LOG = "predict-errors.log"
+
+
+@contextlib.contextmanager
+def output_lock(outdir: Path) -> Iterator[None]:
+    """Hold ``outdir``'s lock for one predict; a second predict into the same folder is refused in one line.
+    Staging folders (``.*.partial``) that a killed predict left behind are removed once the lock is held."""
+    created = not outdir.exists()
+    outdir.mkdir(parents=True, exist_ok=True)
+    lock = outdir / LOCK
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                f"-o {outdir}: another medvit predict is writing to this folder; wait for it or choose another"
+            ) from None
+        for stale in outdir.glob(".*.partial"):
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                lock.unlink()
+            if created:
+                with contextlib.suppress(OSError):
+                    outdir.rmdir()  # only when empty: a failed single case leaves nothing behind
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -98,6 +137,15 @@ def run_predict(
         "series": series,
         "spacing": list(spacing) if spacing else None,
     }
+    with output_lock(outdir):
+        return _run_cases(predictor, cases, outdir, types, options, single, echo, echo_error)
+
+
+def _run_cases(predictor, cases, outdir: Path, types, options, single, echo, echo_error) -> RunResult:
+    spec = predictor.spec
+    save_probabilities, skip_existing = options["save_probabilities"], options["skip_existing"]
+    series = options["series"]
+    spacing = tuple(options["spacing"]) if options["spacing"] else None
     if predictor.device_note:
         echo(predictor.device_note)
     manifest = new_manifest(predictor, options)
@@ -117,10 +165,18 @@ def run_predict(
                 case.path, series=series, spacing=spacing, probabilities=save_probabilities, name=case.name
             )
             written = write_outputs(pred, outdir, case.name, types, probabilities=save_probabilities, model=model)
-        except (MedvitError, OSError) as exc:
-            if single:
+        except Exception as exc:  # noqa: BLE001 - each case is isolated; KeyboardInterrupt still stops the run
+            expected = isinstance(exc, MedvitError | OSError)
+            if single and expected:
                 raise
+            if single:
+                reason = f"{type(exc).__name__}: {one_line(exc)}"
+                raise InputError(f"{case.path}: cannot be predicted ({reason})") from None
             message = one_line(exc)
+            if not expected:
+                with open(outdir / ERROR_LOG, "a") as log:
+                    log.write(f"--- {case.name}\n{''.join(traceback.format_exception(exc))}")
+                message = f"unexpected {type(exc).__name__}: {message} (traceback in {outdir / ERROR_LOG})"
             failed.append(case.name)
             manifest["cases"].append(case_record(case.name, case.path, "failed", error=message))
             echo_error(f"error: {case.name}: {message} (skipped)")
