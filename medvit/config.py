@@ -18,6 +18,7 @@ import yaml
 
 from medvit.errors import ConfigError
 from medvit.resources import shipped_dir
+from medvit.yamlfile import read_yaml
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -25,12 +26,9 @@ _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping; a missing file, bad YAML or a non-mapping is a one-line error naming the file."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"{path}: no such config file")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())[:200]})") from None
+    data = read_yaml(path)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -159,8 +157,8 @@ def find_pipeline(name_or_path: str | Path) -> Path:
     """A pipeline file: ``name_or_path`` itself when it is a file, else, for a bare name such as
     ``quickstart``, ``<name>.yaml`` in :func:`pipeline_dirs`."""
     path = Path(name_or_path)
-    if path.is_file():
-        return path
+    if path.exists() and not path.is_dir():
+        return path  # a pipe or device is refused when read, never opened
     if path.parent == Path(".") and path.name:
         stem = path.stem if path.suffix in (".yaml", ".yml") else path.name
         for d in pipeline_dirs():

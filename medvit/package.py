@@ -31,6 +31,7 @@ from medvit.models import build_model
 from medvit.models.spec import ModelSpec
 from medvit.tasks import TaskKind, get_kind
 from medvit.transforms.preprocess import PreprocessSpec
+from medvit.yamlfile import read_yaml
 
 FORMAT = "medvit-package"
 FORMAT_VERSION = 1
@@ -248,11 +249,7 @@ def load_package(path: str | os.PathLike) -> ModelPackage:
         if folder is None:
             raise InputError(f"{path}: not a medvit model package (no {SPEC_FILE})")
     spec_file = folder / SPEC_FILE
-    try:
-        data = yaml.safe_load(spec_file.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise InputError(f"{spec_file}: not valid YAML ({one_line(exc, 160)})") from None
-    spec = parse_spec(data, str(spec_file))
+    spec = parse_spec(read_yaml(spec_file, error=InputError), str(spec_file))
     if ckpt_state is None and not (folder / WEIGHTS_FILE).is_file():
         raise InputError(f"{folder}: package has no {WEIGHTS_FILE}")
     if ckpt_state is None:

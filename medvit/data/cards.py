@@ -11,12 +11,12 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medvit.errors import ConfigError, validation_line
 from medvit.resources import shipped_dir
 from medvit.transforms.presets import CARD_TASKS
+from medvit.yamlfile import read_yaml
 
 CARDS_ENV = "MEDVIT_CARDS_PATH"
 
@@ -250,11 +250,7 @@ def find_card(name_or_path: str | Path) -> Path:
 def load_card(name_or_path: str | Path) -> DataCard:
     """Load and validate a card by name (looked up in :func:`card_dirs`) or by path."""
     path = find_card(name_or_path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())[:200]})") from None
-    card = parse_card(data, str(path))
+    card = parse_card(read_yaml(path), str(path))
     if card.name != path.stem:
         raise ConfigError(f"{path}: name: {card.name!r} must match the file name {path.stem!r}")
     return card

@@ -19,14 +19,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import yaml
-
 from medvit.errors import InputError
 from medvit.io.atomic import atomic_dir
 from medvit.registry.flavor import FLAVOR_NAME
 from medvit.registry.models import model_version, registered_model
 from medvit.registry.session import display_uri, mlflow_session, registry_errors, resolve_tracking_uri, unreachable
 from medvit.registry.uri import ModelRef, is_http, parse_model_uri
+from medvit.yamlfile import read_yaml
 
 RECORD = "registry.json"
 _VERSION = re.compile(r"[1-9][0-9]{0,9}")  # MLflow model versions are positive integers
@@ -177,8 +176,8 @@ def _fetch_package(root: str, tmp: Path, mv, uri: str) -> tuple[Path, str]:
     not_medvit = f"{uri}: not a medvit model (version {mv.version} has no '{FLAVOR_NAME}' flavour)"
     try:
         mlmodel = Path(download_artifacts(artifact_uri=f"{root}/MLmodel", dst_path=str(tmp / "meta")))
-        flavors = (yaml.safe_load(mlmodel.read_text()) or {}).get("flavors") or {}
-    except (*registry_errors(), yaml.YAMLError, AttributeError) as exc:
+        flavors = (read_yaml(mlmodel, error=InputError) or {}).get("flavors") or {}
+    except (*registry_errors(), InputError, AttributeError) as exc:
         if unreachable(exc):
             raise
         raise InputError(f"{not_medvit[:-1]}: no readable MLmodel)") from None
