@@ -11,6 +11,7 @@ from PIL import Image, UnidentifiedImageError
 from medvit.errors import InputError, MedvitWarning, one_line
 from medvit.io.atomic import atomic_path
 from medvit.io.geometry import pad_affine_2d
+from medvit.io.limits import check_declared
 from medvit.io.meta import make_image, to_numpy
 
 IMAGE2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -31,7 +32,12 @@ def read_image2d(path: str | Path):
     """
     path = Path(path)
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the budget below decides
+            img_file = Image.open(path)
+        with img_file as img:
+            width, height = img.size
+            check_declared(path, (height, width, max(len(img.getbands()), 3)), 4)  # as int32 / RGB at most
             n_frames = getattr(img, "n_frames", 1)
             fmt = (img.format or path.suffix.lstrip(".")).lower()
             mode = img.mode
@@ -42,6 +48,8 @@ def read_image2d(path: str | Path):
             data = np.asarray(img)
     except UnidentifiedImageError:
         raise InputError(f"{path}: not a readable 2D image (unrecognised content)") from None
+    except Image.DecompressionBombError:
+        raise InputError(f"{path}: declares more pixels than the image budget allows") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"{path}: image data is truncated or corrupt ({one_line(exc)})") from None
     if n_frames > 1:

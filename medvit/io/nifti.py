@@ -11,6 +11,7 @@ import numpy as np
 from medvit.errors import GeometryError, InputError, one_line
 from medvit.io.atomic import atomic_path
 from medvit.io.geometry import decompose_affine, same_grid
+from medvit.io.limits import check_declared
 from medvit.io.meta import make_image, spatial_shape_of, to_numpy
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz", ".hdr", ".hdr.gz", ".img", ".img.gz")
@@ -51,6 +52,7 @@ def read_nifti(path: str | Path):
         raise InputError(f"{path}: not a readable NIfTI/Analyze file ({one_line(exc)})") from None
     if not isinstance(img, nib.analyze.AnalyzeImage):
         raise InputError(f"{path}: {type(img).__name__} files are not supported; convert to NIfTI first")
+    _check_size(img, path)
     try:
         data = np.asanyarray(img.dataobj)
     except (EOFError, OSError, ValueError, zlib.error, gzip.BadGzipFile) as exc:
@@ -69,6 +71,20 @@ def read_nifti(path: str | Path):
         modality=None,
         description={"series_uid": None, "series_description": None, "num_slices": int(data.shape[-1])},
     )
+
+
+def _check_size(img, path: Path) -> None:
+    """The declared array against the image budget, and for uncompressed files against the bytes stored."""
+    header = img.header
+    shape = header.get_data_shape()
+    dtype = header.get_data_dtype()
+    scaled = any(np.isfinite(v) and v not in (0, 1) for v in header.get_slope_inter() if v is not None)
+    itemsize = max(dtype.itemsize, 8 if scaled else 1)  # scaled data become float64
+    image_file = Path(img.file_map["image"].filename or path)
+    stored = None
+    if not image_file.name.lower().endswith(".gz") and image_file.is_file():
+        stored = image_file.stat().st_size - int(header.get_data_offset())
+    check_declared(path, shape, itemsize, stored=None if stored is None else stored * itemsize // dtype.itemsize)
 
 
 def _to_channel_first(data: np.ndarray, path: Path) -> np.ndarray:
