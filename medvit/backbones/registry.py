@@ -8,6 +8,7 @@ maps the official file onto :class:`~medvit.backbones.vit.VisionTransformer`.
 from __future__ import annotations
 
 import inspect
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -220,6 +221,7 @@ def create_backbone(
         raise ConfigError(f"backbone {name}: unknown option(s) {', '.join(unknown)}")
     kwargs = {**entry.dims, **overrides}
     kwargs["img_size"] = img_size if img_size is not None else tuple(entry.cfg.input_size[1:])
+    check_model_size(name, kwargs)
     try:
         model = VisionTransformer(**kwargs)
     except ValueError as exc:
@@ -229,6 +231,50 @@ def create_backbone(
     if weights is not None and weights is not False:
         model.load_report = load_weights(model, weights, entry=entry, trust_pickle=trust_pickle)
     return model
+
+
+MODEL_BUDGET_ENV = "MEDVIT_MAX_MODEL_BYTES"
+DEFAULT_MODEL_BUDGET = 64 << 30  # float32 parameters: DINOv3 ViT-7B (27 GB) fits, a typo's 3 TB does not
+
+
+def estimate_parameters(options: Mapping[str, Any]) -> int:
+    """Parameters a :class:`VisionTransformer` with these options will have (close, from the dims alone)."""
+    d = {**inspect_defaults(), **options}
+    dim, depth = int(d["embed_dim"]), int(d["depth"])
+    hidden = int(d["mlp_hidden_dim"] or dim * float(d["mlp_ratio"]))
+    mlp = (3 if d["ffn_layer"] == "swiglu" else 2) * dim * hidden
+    dims = int(d["spatial_dims"])
+    size = d["img_size"] if isinstance(d["img_size"], list | tuple) else [d["img_size"]] * dims
+    patch = d["patch_size"] if isinstance(d["patch_size"], list | tuple) else [d["patch_size"]] * dims
+    tokens = math.prod(max(1, -(-int(s) // int(p))) for s, p in zip(size, patch, strict=False))
+    patch_embed = int(d["in_chans"]) * math.prod(int(p) for p in patch) * dim
+    return depth * (4 * dim * dim + mlp) + patch_embed + (tokens + 1) * dim
+
+
+def check_model_size(name: str, options: Mapping[str, Any]) -> None:
+    """Refuse, before allocating, a backbone whose float32 parameters exceed ``$MEDVIT_MAX_MODEL_BYTES``
+    (default 64 GiB).
+
+    Raises:
+        ConfigError: Too large, or a budget that is not a positive number.
+    """
+    text = os.environ.get(MODEL_BUDGET_ENV, "").strip()
+    try:
+        budget = int(float(text)) if text else DEFAULT_MODEL_BUDGET
+    except ValueError:
+        budget = 0
+    if budget <= 0:
+        raise ConfigError(f"{MODEL_BUDGET_ENV}={text!r}: expected a positive number of bytes")
+    try:
+        size = 4 * estimate_parameters(options)
+    except (TypeError, ValueError):
+        return  # malformed options: the model's own checks name them
+    if size > budget:
+        raise ConfigError(
+            f"backbone {name}: embed_dim {options.get('embed_dim')}, depth {options.get('depth')} make about "
+            f"{size / 2**30:.3g} GiB of parameters, above the {budget / 2**30:.3g} GiB model budget "
+            f"(set {MODEL_BUDGET_ENV} to allow more)"
+        )
 
 
 def load_weights(

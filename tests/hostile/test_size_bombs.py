@@ -133,3 +133,46 @@ def test_zero_dimension_is_refused(tmp_path):
     raw[44:46] = struct.pack("<h", 0)  # dim[3] = 0
     path.write_bytes(bytes(raw))
     _one_line_exit_2(_info(path), "flat.nii")
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["model.backbone.options.embed_dim=32768", "model.backbone.options.depth=64"],
+        ["model.backbone.options.embed_dim=96", "model.backbone.options.depth=1000000"],
+        ["model.backbone.options.mlp_ratio=1e9"],
+    ],
+)
+def test_a_pipeline_asking_for_a_giant_model_is_refused_before_allocating(tmp_path, overrides):
+    out = subprocess.run(
+        [MEDVIT, "run", "quickstart", *overrides, "--check"], cwd=tmp_path, capture_output=True, text=True,
+        timeout=180, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30)),
+        env={**os.environ, "MEDVIT_CACHE": str(tmp_path / "cache")},
+    )  # fmt: skip
+    _one_line_exit_2(out, "model budget", "MEDVIT_MAX_MODEL_BYTES")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_package_asking_for_a_giant_model_is_refused(tmp_path):
+    import yaml
+    from packages import make_package
+
+    package = make_package(tmp_path / "pkg", "seg3d")
+    spec = yaml.safe_load((package / "medvit.yaml").read_text())
+    spec["model"]["backbone"]["options"].update(embed_dim=32768, depth=64)
+    (package / "medvit.yaml").write_text(yaml.safe_dump(spec))
+    ct = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((24, 24, 16), np.int16), np.eye(4)), ct)
+    out = subprocess.run(
+        [MEDVIT, "predict", "-m", str(package), "-i", str(ct), "-o", str(tmp_path / "out")], capture_output=True,
+        text=True, timeout=180, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30)),
+    )  # fmt: skip
+    _one_line_exit_2(out, "model budget")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_largest_official_backbone_fits_the_default_model_budget():
+    from medvit.backbones.registry import check_model_size, get_entry
+
+    entry = get_entry("dinov3_vit7b16")
+    check_model_size("dinov3_vit7b16", {**entry.dims, "img_size": tuple(entry.cfg.input_size[1:])})
