@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import zipfile
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from medvit.errors import InputError, one_line
+from medvit.io.limits import BUDGET_ENV, check_declared, image_budget
 
 ZIP_SEP = "::"
 _NOT_IMAGES = {
@@ -127,13 +129,37 @@ def iter_sources(path: Path):
                     yield str(p), p, None
     elif zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as zf:
+            budget, total = image_budget(), 0
             for info in sorted(zf.infolist(), key=lambda i: i.filename):
                 base = os.path.basename(info.filename)
                 if info.is_dir() or not base or base.startswith(".") or "__MACOSX" in info.filename:
                     continue
-                yield f"{path}{ZIP_SEP}{info.filename}", path, zf.read(info)
+                total += info.file_size
+                if total > budget:  # the sizes the archive declares, before inflating anything
+                    raise InputError(
+                        f"{path}: members expand to more than the {budget / 2**30:.3g} GiB image budget "
+                        f"({BUDGET_ENV}); refusing to inflate them"
+                    )
+                yield f"{path}{ZIP_SEP}{info.filename}", path, _read_member(zf, info, path)
     else:
         yield str(path), path, None
+
+
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> bytes:
+    """A member's bytes, inflated no further than the size it declares (a lying header cannot grow it)."""
+    where = f"{path}{ZIP_SEP}{info.filename}"
+    try:
+        with zf.open(info) as fh:
+            data = fh.read(info.file_size + 1)
+    except NotImplementedError as exc:  # a RuntimeError: before it
+        raise InputError(f"{where}: unsupported zip compression ({one_line(exc, 120)})") from None
+    except RuntimeError as exc:  # encrypted
+        raise InputError(f"{where}: cannot read an encrypted zip member ({one_line(exc, 120)})") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+        raise InputError(f"{where}: corrupt zip member ({one_line(exc, 120)})") from None
+    if len(data) > info.file_size:
+        raise InputError(f"{where}: inflates beyond the {info.file_size} bytes its header declares")
+    return data
 
 
 def load_source_dataset(source: str):
@@ -141,7 +167,9 @@ def load_source_dataset(source: str):
     if ZIP_SEP in source:
         archive, member = source.split(ZIP_SEP, 1)
         with zipfile.ZipFile(archive) as zf:
-            return read_dataset(Path(archive), data=zf.read(member), strict=True)
+            return read_dataset(
+                Path(archive), data=_read_member(zf, zf.getinfo(member), Path(archive)), strict=True
+            )
     return read_dataset(Path(source), strict=True)
 
 
@@ -189,6 +217,12 @@ def _rescale(*nodes) -> tuple[float, float]:
 def frames_of(source: str, ds) -> list[Frame]:
     """All frames of one dataset with their geometry."""
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    if n_frames < 1:
+        raise InputError(f"{source}: NumberOfFrames is {n_frames}")
+    if rows and cols:  # before one Frame is made: a header may claim billions of frames
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        check_declared(source, (n_frames, rows, cols, samples), 4)  # rescaled to float32 at most
     shared = _first(ds, "SharedFunctionalGroupsSequence")
     if "PerFrameFunctionalGroupsSequence" in ds:  # enhanced multi-frame
         per_frame = ds.PerFrameFunctionalGroupsSequence
