@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 import warnings
 from collections.abc import Callable
@@ -63,7 +64,7 @@ def _parse_spacing(text: str | None) -> tuple[float, ...] | None:
         values = tuple(float(v) for v in text.replace("x", ",").split(","))
     except ValueError:
         values = ()
-    if len(values) not in (2, 3) or any(v <= 0 for v in values):
+    if len(values) not in (2, 3) or any(not math.isfinite(v) or v <= 0 for v in values):
         from medvit.errors import InputError
 
         raise InputError(f"--spacing {text!r}: expected 2 or 3 positive numbers such as 0.7,0.7,2.5")

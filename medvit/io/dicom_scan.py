@@ -126,7 +126,8 @@ def iter_sources(path: Path):
             for name in sorted(files):
                 if not name.startswith("."):
                     p = Path(root) / name
-                    yield str(p), p, None
+                    if p.is_file():  # dangling links, pipes and devices are skipped, never opened
+                        yield str(p), p, None
     elif zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as zf:
             budget, total = image_budget(), 0
@@ -214,6 +215,12 @@ def _rescale(*nodes) -> tuple[float, float]:
     return 1.0, 0.0
 
 
+def _finite_rescale(source: str, slope: float, intercept: float) -> tuple[float, float]:
+    if not (np.isfinite(slope) and np.isfinite(intercept)):
+        raise InputError(f"{source}: RescaleSlope {slope} / RescaleIntercept {intercept} is not a finite number")
+    return slope, intercept
+
+
 def frames_of(source: str, ds) -> list[Frame]:
     """All frames of one dataset with their geometry."""
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -238,11 +245,11 @@ def frames_of(source: str, ds) -> list[Frame]:
                 (_first(shared, "PixelMeasuresSequence", "PixelSpacing"), "PixelMeasuresSequence"),
                 (ds.get("PixelSpacing"), "PixelSpacing"),
             )
-            slope, intercept = _rescale(
+            slope, intercept = _finite_rescale(source, *_rescale(
                 _first(fg, "PixelValueTransformationSequence"),
                 _first(shared, "PixelValueTransformationSequence"),
                 ds,
-            )
+            ))  # fmt: skip
             frames.append(
                 Frame(source, ds, i, _floats(ipp, 3) if ipp is not None else None,
                       _floats(iop, 6) if iop is not None else None, ps, label, slope, intercept)
@@ -254,7 +261,7 @@ def frames_of(source: str, ds) -> list[Frame]:
     ps, label = _pixel_spacing(
         (ds.get("PixelSpacing"), "PixelSpacing"), (ds.get("ImagerPixelSpacing"), "ImagerPixelSpacing")
     )
-    slope, intercept = _rescale(ds)
+    slope, intercept = _finite_rescale(source, *_rescale(ds))
     if str(ds.get("Modality", "")) == "RTDOSE" and ds.get("DoseGridScaling") is not None:
         slope = float(ds.DoseGridScaling)  # RT Dose stores Gy per stored unit here, not in RescaleSlope
     if n_frames == 1:

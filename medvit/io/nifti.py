@@ -53,6 +53,7 @@ def read_nifti(path: str | Path):
     if not isinstance(img, nib.analyze.AnalyzeImage):
         raise InputError(f"{path}: {type(img).__name__} files are not supported; convert to NIfTI first")
     _check_size(img, path)
+    _check_values(img, path)
     try:
         data = np.asanyarray(img.dataobj)
     except (EOFError, OSError, ValueError, zlib.error, gzip.BadGzipFile) as exc:
@@ -71,6 +72,40 @@ def read_nifti(path: str | Path):
         modality=None,
         description={"series_uid": None, "series_description": None, "num_slices": int(data.shape[-1])},
     )
+
+
+def _check_values(img, path: Path) -> None:
+    """Voxel types medvit cannot represent faithfully, and geometry the header does not give, are errors:
+    nothing is dropped (an imaginary part) or invented (a 1 mm voxel for a zero pixdim)."""
+    header = img.header
+    dtype = header.get_data_dtype()
+    if dtype.fields is not None:
+        raise InputError(f"{path}: {dtype.itemsize * 8}-bit RGB/structured voxels are not supported; convert to "
+                         "one channel per colour")  # fmt: skip
+    if dtype.kind == "c":
+        raise InputError(f"{path}: complex voxels ({dtype}); medvit reads real-valued images (take the magnitude)")
+    codes = (int(header["sform_code"]), int(header["qform_code"])) if "sform_code" in header else (0, 0)
+    zooms = _stored_zooms(img, path)
+    if codes == (0, 0) and any(not np.isfinite(z) or z <= 0 for z in zooms):
+        raise InputError(f"{path}: voxel size {zooms} in the header is not positive; "
+                         "medvit does not invent a spacing")  # fmt: skip
+    affine = img.affine
+    if affine is None or not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise InputError(f"{path}: the header's affine is degenerate or not finite; the grid is unknown")
+
+
+def _stored_zooms(img, path: Path) -> list[float]:
+    """The voxel size as stored (nibabel's loader replaces a zero pixdim by 1 with a log message)."""
+    import nibabel as nib  # lazy: keeps medvit cards list free of nibabel
+
+    holder = img.file_map.get("header") or img.file_map["image"]
+    header_file = holder.filename or str(path)
+    try:
+        with nib.openers.ImageOpener(header_file) as fh:
+            raw = type(img.header).from_fileobj(fh, check=False)
+    except Exception:  # noqa: BLE001 - nibabel read it once already; fall back to its view
+        raw = img.header
+    return [float(z) for z in raw.get_zooms()[:3]]
 
 
 def _check_size(img, path: Path) -> None:
