@@ -177,6 +177,14 @@ class ModelPackage:
         """The network with the package's weights loaded strictly, in eval mode, on CPU."""
         model = build_model(self.spec.model, load_weights=False)
         state = self.state_dict if self.state_dict is not None else read_weights(self.path / WEIGHTS_FILE)
+        shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        wrong = [k for k, v in state.items() if k in shapes and tuple(v.shape) != shapes[k]]
+        if wrong:
+            k = wrong[0]
+            raise InputError(
+                f"{self.path}: weights do not match the package's model ({len(wrong)} tensor(s) of the wrong "
+                f"shape, e.g. {k}: {list(state[k].shape)} where the model has {list(shapes[k])})"
+            )
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             parts = []

@@ -33,9 +33,12 @@ def output_lock(outdir: Path) -> Iterator[None]:
     """Hold ``outdir``'s lock for one predict; a second predict into the same folder is refused in one line.
     Staging folders (``.*.partial``) that a killed predict left behind are removed once the lock is held."""
     created = not outdir.exists()
-    outdir.mkdir(parents=True, exist_ok=True)
     lock = outdir / LOCK
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:  # before any work: an output folder that cannot be written is found now, not after inference
+        outdir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        raise ConfigError(f"-o {outdir}: cannot write there ({exc.strerror or one_line(exc)})") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -167,8 +170,10 @@ def _run_cases(predictor, cases, outdir: Path, types, options, single, echo, ech
             written = write_outputs(pred, outdir, case.name, types, probabilities=save_probabilities, model=model)
         except Exception as exc:  # noqa: BLE001 - each case is isolated; KeyboardInterrupt still stops the run
             expected = isinstance(exc, MedvitError | OSError)
-            if single and expected:
+            if single and isinstance(exc, MedvitError):
                 raise
+            if single and expected:  # an OSError: disk full, permissions (names the file)
+                raise InputError(f"{case.name}: {one_line(exc)}") from None
             if single:
                 reason = f"{type(exc).__name__}: {one_line(exc)}"
                 raise InputError(f"{case.path}: cannot be predicted ({reason})") from None

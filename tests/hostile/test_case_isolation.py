@@ -106,3 +106,42 @@ def test_staging_left_by_a_killed_predict_is_removed(package, tmp_path):
     assert result.exit_code == 0, result.output
     assert not stale.exists() and outside.exists()
     assert sorted(p.name for p in out.iterdir()) == ["ct.json", "ct.nii.gz", "manifest.json"]
+
+
+def test_an_output_folder_that_cannot_be_written_is_found_before_any_work(package, tmp_path):
+    result = _predict(package, _ct(tmp_path / "ct.nii.gz"), "/proc/medvit-cannot-write/out")
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot write there" in lines[0] and "Traceback" not in result.output
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing_partial(package, tmp_path, monkeypatch):
+    import errno
+
+    import medvit.io
+
+    def full(image, path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(medvit.io, "write_nifti", full)
+    out = tmp_path / "out"
+    result = _predict(package, _ct(tmp_path / "ct.nii.gz"), out)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "No space left on device" in lines[0] and "Traceback" not in result.output
+    assert not out.exists() or not [p for p in out.rglob("*")]
+
+
+def test_package_weights_of_the_wrong_shape_are_one_line(package, tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    weights = package / "model.safetensors"
+    state = load_file(weights)
+    key = next(iter(state))
+    state[key] = torch.zeros(3, 3)
+    save_file(state, str(weights))
+    result = _predict(package, _ct(tmp_path / "ct.nii.gz"), tmp_path / "out")
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "wrong shape" in lines[0] and key in lines[0]
