@@ -113,6 +113,14 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
     series: SeriesOpt = None,
     spacing: SpacingOpt = None,
+    show_descriptions: Annotated[
+        bool,
+        typer.Option(
+            "--show-descriptions",
+            help="Also print each DICOM SeriesDescription (free text that may identify a patient) on the "
+            "terminal; never in --json, files or logs.",
+        ),
+    ] = False,
 ) -> None:
     """Show format, shape, spacing, origin, direction, affine, modality and the DICOM series list."""
     from medvit.io import describe, list_series, read_image, sniff
@@ -123,7 +131,7 @@ def info(
         raise InputError(f"{path}: no such file or directory")
     listing = None
     if path.is_dir() or sniff(path) == "dicom" and path.name.lower().endswith(".zip"):
-        listing = list_series(path)
+        listing = list_series(path, descriptions=show_descriptions and not as_json)
     if listing is not None and len(listing) > 1 and series is None:
         result: dict[str, Any] = {"path": str(path), "format": "dicom", "series": listing}
         note = "several series: pass --series UID to describe one"

@@ -379,6 +379,6 @@ def array_image(x, dims: int, *, affine: np.ndarray | None = None, spacing: tupl
         format="array",
         source="array",
         modality=None,
-        description={"series_uid": None, "series_description": None, "num_slices": int(data.shape[-1])},
+        description={"series_uid": None, "num_slices": int(data.shape[-1])},
         spacing_known=known,
     )

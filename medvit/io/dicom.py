@@ -23,12 +23,15 @@ UNEVEN_TOL = 0.01
 TILT_TOL_DEG = 0.05
 
 
-def list_series(path: str | Path) -> list[dict]:
-    """The image series under a DICOM file, folder or zip (non-identifying facts only)."""
+def list_series(path: str | Path, *, descriptions: bool = False) -> list[dict]:
+    """The image series under a DICOM file, folder or zip (non-identifying facts only; with
+    ``descriptions``, also each SeriesDescription, free text that may identify: for a terminal only)."""
     path = Path(path)
     series, report = scan(path)
     if not series:
         raise _nothing_found(path, report)
+    if descriptions:
+        return [{**s.as_dict(), "series_description": s.description} for s in series]
     return [s.as_dict() for s in series]
 
 

@@ -45,7 +45,12 @@ class Frame:
 
 @dataclass
 class Series:
-    """Frames that stack into one image, with the non-identifying facts shown to the user."""
+    """Frames that stack into one image, with the non-identifying facts shown to the user.
+
+    ``description`` (SeriesDescription) is free text, which can hold names and IDs (the DICOM Basic
+    Application Level Confidentiality Profile removes it): it never reaches :meth:`summary`, :meth:`as_dict`,
+    metadata, manifests or errors; only ``medvit info --show-descriptions`` prints it, on the terminal.
+    """
 
     key: str
     uid: str
@@ -56,13 +61,11 @@ class Series:
     frames: list[Frame] = field(default_factory=list)
 
     def summary(self) -> str:
-        desc = f" '{self.description}'" if self.description else ""
-        return f"{self.key}{desc} {self.modality or '?'} {len(self.frames)} slice(s) {self.rows}x{self.cols}"
+        return f"{self.key} {self.modality or '?'} {len(self.frames)} slice(s) {self.rows}x{self.cols}"
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "series_uid": self.key,
-            "series_description": self.description,
             "modality": self.modality,
             "num_slices": len(self.frames),
             "rows": self.rows,

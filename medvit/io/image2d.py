@@ -68,7 +68,7 @@ def read_image2d(path: str | Path):
         format=fmt,
         source=str(path),
         modality=None,
-        description={"series_uid": None, "series_description": None, "num_slices": 1},
+        description={"series_uid": None, "num_slices": 1},
         spacing_known=False,
     )
 

@@ -5,7 +5,7 @@ Meta keys (besides MONAI's ``affine``, ``original_affine``, ``spatial_shape``):
 - ``spacing``, ``origin``, ``direction``, ``space`` ("RAS"): derived from the affine.
 - ``format``: ``dicom``, ``dicom-multiframe``, ``nifti1``, ``nifti2``, ``png``, ...
 - ``modality``: DICOM modality when known, else ``None``.
-- ``description``: non-identifying facts only (series UID, series description, number of slices).
+- ``description``: non-identifying facts only (series UID, modality, number of slices; no free text).
 - ``spacing_known``: ``False`` for photographs and tiles whose pixels have no physical size.
 - ``source``: the path given by the user (internal; no DICOM header values).
 - ``dicom_sources``: for DICOM inputs, the source files in slice order (used to write DICOM-SEG).

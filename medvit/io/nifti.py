@@ -70,7 +70,7 @@ def read_nifti(path: str | Path):
         format=fmt,
         source=str(path),
         modality=None,
-        description={"series_uid": None, "series_description": None, "num_slices": int(data.shape[-1])},
+        description={"series_uid": None, "num_slices": int(data.shape[-1])},
     )
 
 
