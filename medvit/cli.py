@@ -75,6 +75,14 @@ SeriesOpt = Annotated[
     str | None,
     typer.Option("--series", help="SeriesInstanceUID (or unique prefix) when a DICOM input holds several."),
 ]
+ResampleOpt = Annotated[
+    bool,
+    typer.Option(
+        "--resample-uneven",
+        help="Resample a DICOM series with gaps between slices onto a uniform grid from the slices' true "
+        "positions (otherwise an error naming the gap).",
+    ),
+]
 SpacingOpt = Annotated[
     str | None,
     typer.Option("--spacing", help="Voxel spacing in mm (x,y[,z]) to use where a DICOM input gives none."),
@@ -113,6 +121,7 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
     series: SeriesOpt = None,
     spacing: SpacingOpt = None,
+    resample_uneven: ResampleOpt = False,
     show_descriptions: Annotated[
         bool,
         typer.Option(
@@ -136,7 +145,7 @@ def info(
         result: dict[str, Any] = {"path": str(path), "format": "dicom", "series": listing}
         note = "several series: pass --series UID to describe one"
     else:
-        image = read_image(path, series=series, spacing=_parse_spacing(spacing))
+        image = read_image(path, series=series, spacing=_parse_spacing(spacing), resample_uneven=resample_uneven)
         result = {"path": str(path), **describe(image)}
         if listing is not None:
             result["series_list"] = listing
@@ -180,6 +189,7 @@ def convert(
     dst: Annotated[Path, typer.Argument(help="Output .nii.gz (or .nii).")],
     series: SeriesOpt = None,
     spacing: SpacingOpt = None,
+    resample_uneven: ResampleOpt = False,
 ) -> None:
     """Convert any readable input to NIfTI, keeping its grid and world position exactly."""
     from medvit.errors import InputError
@@ -187,7 +197,7 @@ def convert(
 
     if not dst.name.lower().endswith((".nii", ".nii.gz")):
         raise InputError(f"{dst}: output must end in .nii.gz or .nii")
-    image = read_image(src, series=series, spacing=_parse_spacing(spacing))
+    image = read_image(src, series=series, spacing=_parse_spacing(spacing), resample_uneven=resample_uneven)
     write_nifti(image, dst)
     shape = "x".join(str(s) for s in image.shape[1:])
     typer.echo(f"wrote {dst} ({shape}, {image.shape[0]} channel(s))")
@@ -499,6 +509,7 @@ def predict(
     ] = False,
     series: SeriesOpt = None,
     spacing: SpacingOpt = None,
+    resample_uneven: ResampleOpt = False,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
     precision: Annotated[
         str, typer.Option("--precision", help="auto (bf16 where the device does it natively), 32 or bf16.")
@@ -539,6 +550,7 @@ def predict(
         skip_existing=skip_existing,
         series=series,
         spacing=spacing_mm,
+        resample_uneven=resample_uneven,
         echo=typer.echo,
         echo_error=lambda line: typer.echo(line, err=True),
     )

@@ -183,7 +183,7 @@ def test_no_patient_identifiers_anywhere(ct_series, tmp_path, caplog):
         ds.PatientName, ds.PatientID, ds.PatientBirthDate = secrets[0], secrets[1], secrets[2]
         ds.AccessionNumber, ds.InstitutionName, ds.ReferringPhysicianName = secrets[3], secrets[4], secrets[5]
         if i == 2:
-            ds.ImagePositionPatient = [-72.2, -143.0, 2.0]  # uneven spacing: a warning is printed too
+            ds.ImagePositionPatient = [-72.2, -143.0, 3.2]  # uneven spacing: a warning is printed too
         ds.save_as(f)
     outputs = [run("info", folder), run("info", folder, "--json"), run("convert", folder, tmp_path / "o.nii.gz")]
     assert all(r.exit_code == 0 for r in outputs)

@@ -176,6 +176,7 @@ class Predictor:
         affine: np.ndarray | None = None,
         probabilities: bool = False,
         name: str | None = None,
+        resample_uneven: bool = False,
     ) -> Prediction:
         """Predict one image.
 
@@ -188,12 +189,14 @@ class Predictor:
             affine: Arrays: the voxel-to-RAS affine (4x4, or 3x3 for 2D); default identity (or ``spacing``).
             probabilities: Also return segmentation probabilities on the input grid.
             name: What to call the image in the progress bar.
+            resample_uneven: Paths: resample a DICOM series with gaps onto a uniform grid (the mask is written
+                on that grid, and the manifest's description says so) instead of refusing it.
 
         Raises:
             InputError: Unreadable input, wrong dimensionality or channel count for the model (one line).
         """
         t0 = time.perf_counter()
-        image = self._load(x, series=series, spacing=spacing, affine=affine)
+        image = self._load(x, series=series, spacing=spacing, affine=affine, resample_uneven=resample_uneven)
         grid = InputGrid(
             tuple(int(s) for s in image.shape),
             np.asarray(image.affine, dtype=np.float64),
@@ -239,11 +242,11 @@ class Predictor:
         timing["total_s"] = time.perf_counter() - t0
         return result
 
-    def _load(self, x, *, series, spacing, affine):
+    def _load(self, x, *, series, spacing, affine, resample_uneven=False):
         from monai.data import MetaTensor  # lazy: import medvit.inference stays free of MONAI
 
         if isinstance(x, str | os.PathLike):
-            return read_image(x, series=series, spacing=spacing)
+            return read_image(x, series=series, spacing=spacing, resample_uneven=resample_uneven)
         if isinstance(x, MetaTensor):
             return x
         if isinstance(x, np.ndarray | torch.Tensor):

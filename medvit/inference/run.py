@@ -108,6 +108,7 @@ def run_predict(
     skip_existing: bool = False,
     series: str | None = None,
     spacing: tuple[float, ...] | None = None,
+    resample_uneven: bool = False,
     echo: Callable[[str], None] = print,
     echo_error: Callable[[str], None] = print,
 ) -> RunResult:
@@ -122,6 +123,8 @@ def run_predict(
         skip_existing: Leave cases whose outputs all exist.
         series: DICOM series UID (or unique prefix) to read.
         spacing: Voxel spacing for DICOM inputs that give none.
+        resample_uneven: Resample DICOM series with gaps between slices onto a uniform grid (recorded in the
+            manifest) instead of refusing them.
         echo: Where per-case lines go.
         echo_error: Where per-case errors go (folder inputs).
 
@@ -139,6 +142,7 @@ def run_predict(
         "skip_existing": skip_existing,
         "series": series,
         "spacing": list(spacing) if spacing else None,
+        "resample_uneven": resample_uneven,
     }
     with output_lock(outdir):
         return _run_cases(predictor, cases, outdir, types, options, single, echo, echo_error)
@@ -165,7 +169,12 @@ def _run_cases(predictor, cases, outdir: Path, types, options, single, echo, ech
         t0 = time.perf_counter()
         try:
             pred = predictor.predict(
-                case.path, series=series, spacing=spacing, probabilities=save_probabilities, name=case.name
+                case.path,
+                series=series,
+                spacing=spacing,
+                probabilities=save_probabilities,
+                name=case.name,
+                resample_uneven=options["resample_uneven"],
             )
             written = write_outputs(pred, outdir, case.name, types, probabilities=save_probabilities, model=model)
         except Exception as exc:  # noqa: BLE001 - each case is isolated; KeyboardInterrupt still stops the run

@@ -19,6 +19,9 @@ from medvit.io.meta import make_image
 
 #: relative tolerance on slice steps before spacing is reported as uneven
 UNEVEN_TOL = 0.01
+#: a step between slices this much larger or smaller than the median step (relative) is a gap: an error
+#: unless the caller asks to resample (uneven steps within it are a warning, on the mean step)
+GAP_TOL = 0.5
 #: angle (degrees) between the stacking direction and the slice normal reported as gantry tilt
 TILT_TOL_DEG = 0.05
 
@@ -35,7 +38,13 @@ def list_series(path: str | Path, *, descriptions: bool = False) -> list[dict]:
     return [s.as_dict() for s in series]
 
 
-def read_dicom(path: str | Path, *, series: str | None = None, spacing: tuple[float, ...] | None = None):
+def read_dicom(
+    path: str | Path,
+    *,
+    series: str | None = None,
+    spacing: tuple[float, ...] | None = None,
+    resample_uneven: bool = False,
+):
     """Read a DICOM file, folder (nested) or zip into a channel-first MetaTensor.
 
     Cross-sectional series become ``[C, I, J, K]`` (I along a row, J down the columns, K along the
@@ -47,13 +56,16 @@ def read_dicom(path: str | Path, *, series: str | None = None, spacing: tuple[fl
         series: SeriesInstanceUID (or a unique prefix, or ``UID#k`` for a sub-series) to read when the
             input holds more than one series.
         spacing: voxel spacing in mm to use where the files give none, in index order ``(I, J[, K])``.
+        resample_uneven: a series with gaps between slices (a step more than :data:`GAP_TOL` off the median)
+            is an error naming the gap; with this, it is resampled (linearly, from the slices' true
+            positions) onto a uniform grid at the median step, and ``meta["description"]["resampled"]`` says so.
     """
     path = Path(path)
     found, report = scan(path)
     if not found:
         raise _nothing_found(path, report)
     chosen = select_series(found, path, series)
-    return _stack(chosen, path, spacing)
+    return _stack(chosen, path, spacing, resample_uneven)
 
 
 def _nothing_found(path: Path, report) -> InputError:
@@ -113,7 +125,7 @@ def _decode(frame: Frame) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------- stack
 
 
-def _stack(series: Series, path: Path, spacing: tuple[float, ...] | None):
+def _stack(series: Series, path: Path, spacing: tuple[float, ...] | None, resample_uneven: bool = False):
     frames = series.frames
     description = series.as_dict()
     has_geometry = all(fr.ipp is not None and fr.iop is not None for fr in frames)
@@ -157,6 +169,18 @@ def _stack(series: Series, path: Path, spacing: tuple[float, ...] | None):
                 "(several phases, echoes or duplicates in one series); split them before reading"
             )
         step = (dist[-1] - dist[0]) / (n - 1)
+        median = float(np.median(steps))
+        gaps = np.abs(steps - median) > GAP_TOL * median
+        if np.any(gaps) and not resample_uneven:
+            k = int(np.argmax(np.abs(steps - median)))
+            raise GeometryError(
+                f"{path}: series {series.key} has a {steps[k]:.4g} mm step between slices {k} and {k + 1} where "
+                f"the median step is {median:.4g} mm (missing slices?); the volume would be misplaced: pass "
+                "resample_uneven=True / --resample-uneven to resample it from the slices' true positions"
+            )
+        if np.any(gaps):
+            return _resampled(series, frames, dist, median, row_cos, col_cos, normal, pixel_spacing, path,
+                              description)  # fmt: skip
         if np.max(np.abs(steps - step)) > UNEVEN_TOL * step + 1e-3:
             warnings.warn(
                 f"{path}: uneven slice spacing in series {series.key}: steps {_fmt(steps)} mm "
@@ -205,6 +229,52 @@ def _stack(series: Series, path: Path, spacing: tuple[float, ...] | None):
         description=description,
         dicom_sources=[fr.source for fr in frames],
         dicom_frames=[fr.frame_index for fr in frames],
+    )
+
+
+def _resampled(series, frames, dist, step, row_cos, col_cos, normal, pixel_spacing, path, description):
+    """A series with gaps on a uniform grid at ``step`` from its first to its last slice, each new slice
+    interpolated linearly between the two true slices around it (none invented beyond the ends)."""
+    span = frames[-1].ipp - frames[0].ipp
+    tilt = np.degrees(np.arccos(np.clip(abs(span @ normal) / np.linalg.norm(span), 0, 1)))
+    if tilt > TILT_TOL_DEG:
+        raise GeometryError(f"{path}: series {series.key} has gaps and a {tilt:.2f} degree gantry tilt; "
+                            "medvit does not resample tilted series")  # fmt: skip
+    pixels = _frame_pixels(frames, path).astype(np.float32)  # [K, rows, cols(, S)]
+    m = int(round((dist[-1] - dist[0]) / step)) + 1
+    targets = dist[0] + np.arange(m) * (dist[-1] - dist[0]) / (m - 1)
+    hi = np.clip(np.searchsorted(dist, targets, side="left"), 1, len(dist) - 1)
+    lo = hi - 1
+    w = ((targets - dist[lo]) / (dist[hi] - dist[lo])).astype(np.float32)
+    shape = (-1,) + (1,) * (pixels.ndim - 1)
+    volume = pixels[lo] * (1 - w).reshape(shape) + pixels[hi] * w.reshape(shape)
+    data = np.transpose(volume, (2, 1, 0))[None] if volume.ndim == 3 else np.transpose(volume, (3, 2, 1, 0))
+    affine_lps = np.eye(4)
+    affine_lps[:3, 0] = row_cos * pixel_spacing[1]
+    affine_lps[:3, 1] = col_cos * pixel_spacing[0]
+    affine_lps[:3, 2] = normal * (dist[-1] - dist[0]) / (m - 1)
+    affine_lps[:3, 3] = frames[0].ipp
+    steps = np.diff(dist)
+    description["num_slices"] = m
+    description["resampled"] = {
+        "from_slices": len(frames),
+        "to_slices": m,
+        "step_mm": round(float((dist[-1] - dist[0]) / (m - 1)), 6),
+        "largest_gap_mm": round(float(steps.max()), 6),
+    }
+    warnings.warn(
+        f"{path}: series {series.key} resampled from {len(frames)} unevenly placed slices (largest step "
+        f"{steps.max():.4g} mm) onto {m} slices {step:.4g} mm apart",
+        MedvitWarning,
+        stacklevel=4,
+    )
+    return make_image(
+        data,
+        lps_to_ras(affine_lps),
+        format="dicom",
+        source=str(path),
+        modality=series.modality or None,
+        description=description,
     )
 
 

@@ -41,7 +41,13 @@ def sniff(path: Path) -> str:
     return "dicom"  # DICOM without a preamble is common; the DICOM reader says if it is not
 
 
-def read_image(path: str | Path, *, series: str | None = None, spacing: tuple[float, ...] | None = None):
+def read_image(
+    path: str | Path,
+    *,
+    series: str | None = None,
+    spacing: tuple[float, ...] | None = None,
+    resample_uneven: bool = False,
+):
     """Read any supported input into a channel-first MetaTensor with its geometry.
 
     Supported: DICOM file, folder (nested, one or many series) or zip, enhanced multi-frame DICOM,
@@ -51,6 +57,8 @@ def read_image(path: str | Path, *, series: str | None = None, spacing: tuple[fl
         path: file or folder to read.
         series: for DICOM inputs holding several series, the SeriesInstanceUID (or unique prefix) to read.
         spacing: voxel spacing (mm, index order) to use where a DICOM input gives none.
+        resample_uneven: resample a DICOM series with gaps between slices onto a uniform grid (otherwise
+            an error naming the gap); see :func:`~medvit.io.dicom.read_dicom`.
 
     Raises:
         InputError: with a one-line message naming the file and the reason.
@@ -66,7 +74,7 @@ def read_image(path: str | Path, *, series: str | None = None, spacing: tuple[fl
     if fmt == "image2d":
         return read_image2d(path)
     try:
-        return read_dicom(path, series=series, spacing=spacing)
+        return read_dicom(path, series=series, spacing=spacing, resample_uneven=resample_uneven)
     except NotDicomError:  # DICOM was only the last guess: say what was tried
         raise InputError(f"{path}: not a DICOM, NIfTI or 2D image file (unrecognised content)") from None
 

@@ -102,3 +102,24 @@ def test_dicom_folder_with_loops_dangling_links_and_a_pipe(tmp_path):
     result = _invoke("info", folder)
     assert result.exit_code == 0, result.output
     assert "rows=128" in result.output
+
+
+def test_predict_refuses_a_series_with_a_gap_and_records_a_resampling_it_was_asked_for(tmp_path, uneven_series):
+    import json
+
+    import nibabel as nib
+    from packages import make_package
+
+    package = make_package(tmp_path / "pkg", "seg3d")
+    out = tmp_path / "out"
+    refused = _invoke("predict", "-m", package, "-i", uneven_series, "-o", out)
+    _one_line_exit_2(refused, "202.5 mm step", "--resample-uneven")
+    assert not out.exists()
+    done = _invoke("predict", "-m", package, "-i", uneven_series, "-o", out, "--resample-uneven")
+    assert done.exit_code == 0, done.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["options"]["resample_uneven"] is True
+    resampled = manifest["cases"][0]["description"]["series"]["resampled"]
+    assert resampled == {"from_slices": 4, "to_slices": 165, "step_mm": 1.25, "largest_gap_mm": 202.5}
+    mask = nib.load(next(out.glob("*.nii.gz")))
+    assert mask.shape == (16, 16, 165)

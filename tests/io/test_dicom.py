@@ -214,13 +214,42 @@ def test_mixed_orientations_are_an_error(mixed_orientation_series):
     assert one.shape == (1, 16, 16, 1)
 
 
-def test_uneven_spacing_warns_with_values(uneven_series):
-    with pytest.warns(MedvitWarning, match=r"uneven slice spacing.*202\.5, 1\.25, 1\.25"):
-        img = read_image(uneven_series)
-    assert img.shape == (1, 16, 16, 4)
-    # first and last slices sit exactly at their ImagePositionPatient
-    world = voxel_to_world(np.asarray(img.affine), np.array([[0, 0, 0], [0, 0, 3]]))
-    np.testing.assert_allclose(world[:, 2], [-99.48, 105.52], atol=1e-3)
+def test_a_gap_between_slices_is_an_error_naming_it(uneven_series):
+    """Steps 202.5, 1.25, 1.25 mm: on the mean step the middle slices would land ~100 mm from where they are."""
+    with pytest.raises(
+        GeometryError, match=r"202\.5 mm step between slices 0 and 1 where the median step is 1\.25"
+    ):
+        read_image(uneven_series)
+
+
+def test_a_gap_is_resampled_from_the_true_positions_when_asked(uneven_series):
+    import pydicom
+
+    with pytest.warns(MedvitWarning, match=r"resampled from 4 unevenly placed slices"):
+        img = read_image(uneven_series, resample_uneven=True)
+    assert img.shape == (1, 16, 16, 165)  # (105.52 + 99.48) / 1.25 + 1
+    assert img.meta["description"]["resampled"] == {
+        "from_slices": 4, "to_slices": 165, "step_mm": 1.25, "largest_gap_mm": 202.5}  # fmt: skip
+    world = voxel_to_world(np.asarray(img.affine), np.array([[0, 0, 0], [0, 0, 164]]))
+    np.testing.assert_allclose(world[:, 2], [-99.48, 105.52], atol=1e-3)  # the ends exactly where they are
+    files = sorted(uneven_series.iterdir(), key=lambda f: float(pydicom.dcmread(f).ImagePositionPatient[2]))
+    last = pydicom.dcmread(files[-1])
+    expected = last.pixel_array.T * float(last.RescaleSlope) + float(last.RescaleIntercept)
+    np.testing.assert_allclose(img[0, :, :, -1].numpy(), expected, atol=1e-3)  # a true slice is kept as is
+    assert "dicom_sources" not in img.meta or not img.meta.get("dicom_sources")  # no DICOM-SEG on a new grid
+
+
+def test_uneven_steps_within_the_gap_tolerance_warn_with_values(editable_series):
+    folder, edit = editable_series
+
+    def shift(ds, i):
+        if abs(float(ds.ImagePositionPatient[2]) - 3.7625) < 1e-3:
+            ds.ImagePositionPatient = [ds.ImagePositionPatient[0], ds.ImagePositionPatient[1], 3.2]
+
+    edit(shift)
+    with pytest.warns(MedvitWarning, match=r"uneven slice spacing.*1\.938, 3\.062"):
+        img = read_image(folder)
+    assert img.shape == (1, 16, 16, 5)
 
 
 def test_gantry_tilt_keeps_exact_world_positions(editable_series):
