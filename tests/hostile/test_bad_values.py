@@ -11,6 +11,7 @@ import struct
 import nibabel as nib
 import numpy as np
 import pytest
+from hostile_checks import one_line_exit_2
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from typer.testing import CliRunner
@@ -20,14 +21,6 @@ from medvit.cli import app
 
 def _invoke(*args):
     return CliRunner().invoke(app, list(map(str, args)))
-
-
-def _one_line_exit_2(result, *needles):
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.output, result.output
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def _nifti(path, data, affine=None):
@@ -44,20 +37,20 @@ def _patch(path, fmt, offset, *values):
 
 def test_rgb24_nifti(tmp_path):
     rgb = np.zeros((8, 8, 4), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
-    _one_line_exit_2(_invoke("info", _nifti(tmp_path / "rgb.nii.gz", rgb)), "rgb.nii.gz", "RGB")
+    one_line_exit_2(_invoke("info", _nifti(tmp_path / "rgb.nii.gz", rgb)), "rgb.nii.gz", "RGB")
 
 
 @pytest.mark.parametrize("dtype", [np.complex64, np.complex128])
 def test_complex_nifti(tmp_path, dtype):
     path = _nifti(tmp_path / "c.nii.gz", np.ones((8, 8, 4), dtype))
-    _one_line_exit_2(_invoke("info", path), "c.nii.gz", "complex voxels")
+    one_line_exit_2(_invoke("info", path), "c.nii.gz", "complex voxels")
 
 
 def test_zero_voxel_size_without_a_transform_is_not_turned_into_1_mm(tmp_path):
     path = _nifti(tmp_path / "z.nii", np.ones((8, 8, 4), np.int16))
     _patch(path, "<3f", 80, 0.0, 0.0, 0.0)  # pixdim[1:4]
     _patch(path, "<hh", 252, 0, 0)  # qform_code, sform_code: no transform
-    _one_line_exit_2(_invoke("info", path), "z.nii", "voxel size", "does not invent a spacing")
+    one_line_exit_2(_invoke("info", path), "z.nii", "voxel size", "does not invent a spacing")
 
 
 def test_zero_voxel_size_beside_a_valid_sform_is_fine(tmp_path):
@@ -70,7 +63,7 @@ def test_zero_voxel_size_beside_a_valid_sform_is_fine(tmp_path):
 def test_degenerate_or_non_finite_affine(tmp_path, values):
     path = _nifti(tmp_path / "d.nii", np.ones((8, 8, 4), np.int16))
     _patch(path, "<12f", 280, *values)  # srow_x, srow_y, srow_z
-    _one_line_exit_2(_invoke("info", path), "d.nii", "affine")
+    one_line_exit_2(_invoke("info", path), "d.nii", "affine")
 
 
 @pytest.mark.parametrize("slope", ["NaN", "inf"])
@@ -78,7 +71,7 @@ def test_dicom_rescale_slope_not_finite(tmp_path, slope):
     ds = dcmread(get_testdata_file("CT_small.dcm"))
     ds.RescaleSlope = slope
     ds.save_as(tmp_path / "ct.dcm")
-    _one_line_exit_2(_invoke("info", tmp_path / "ct.dcm"), "ct.dcm", "not a finite number")
+    one_line_exit_2(_invoke("info", tmp_path / "ct.dcm"), "ct.dcm", "not a finite number")
 
 
 @pytest.mark.parametrize("spacing", ["nan,nan,nan", "inf,1,1", "1,-1,1", "0,1,1", "1,1"])
@@ -88,7 +81,7 @@ def test_spacing_option_must_be_finite_and_positive(tmp_path, spacing):
     if spacing == "1,1":  # two values are fine for 2D; the option is then used
         assert _invoke("info", ct, "--spacing", spacing).exit_code == 0
         return
-    _one_line_exit_2(_invoke("convert", ct, tmp_path / "o.nii.gz", "--spacing", spacing), "--spacing")
+    one_line_exit_2(_invoke("convert", ct, tmp_path / "o.nii.gz", "--spacing", spacing), "--spacing")
     assert not (tmp_path / "o.nii.gz").exists()
 
 
@@ -113,7 +106,7 @@ def test_predict_refuses_a_series_with_a_gap_and_records_a_resampling_it_was_ask
     package = make_package(tmp_path / "pkg", "seg3d")
     out = tmp_path / "out"
     refused = _invoke("predict", "-m", package, "-i", uneven_series, "-o", out)
-    _one_line_exit_2(refused, "202.5 mm step", "--resample-uneven")
+    one_line_exit_2(refused, "202.5 mm step", "--resample-uneven")
     assert not out.exists()
     done = _invoke("predict", "-m", package, "-i", uneven_series, "-o", out, "--resample-uneven")
     assert done.exit_code == 0, done.output

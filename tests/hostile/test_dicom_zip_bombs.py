@@ -5,7 +5,6 @@ the file, exit 2, quickly and under an address-space limit."""
 from __future__ import annotations
 
 import os
-import resource
 import struct
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from hostile_checks import address_space_limit, one_line_exit_2
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
@@ -22,17 +22,9 @@ MEDVIT = str(Path(sys.executable).parent / "medvit")
 def _info(path, env=None):
     return subprocess.run(
         [MEDVIT, "info", str(path)], capture_output=True, text=True, timeout=60,
-        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30)),
+        preexec_fn=address_space_limit(3 << 30),
         env={**os.environ, **(env or {})},
     )  # fmt: skip
-
-
-def _one_line_exit_2(out, *needles):
-    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 @pytest.mark.parametrize("frames", [2_000_000_000, 100_000_000, 70_000, -5])
@@ -42,7 +34,7 @@ def test_dicom_claiming_absurd_frame_counts(tmp_path, frames):
     path = tmp_path / "frames.dcm"
     ds.save_as(path)
     assert path.stat().st_size < 50_000
-    _one_line_exit_2(_info(path), "frames.dcm")
+    one_line_exit_2(_info(path), "frames.dcm")
 
 
 def _zip(path: Path, members: dict[str, bytes]) -> Path:
@@ -59,7 +51,7 @@ def _ct_bytes() -> bytes:
 def test_zip_whose_members_expand_past_the_budget(tmp_path):
     path = _zip(tmp_path / "study.zip", {"a.dcm": _ct_bytes(), "b.bin": b"\0" * (8 << 20)})
     out = _info(path, {"MEDVIT_MAX_IMAGE_BYTES": str(4 << 20)})
-    _one_line_exit_2(out, "study.zip", "image budget", "refusing to inflate")
+    one_line_exit_2(out, "study.zip", "image budget", "refusing to inflate")
 
 
 def _patch_central(path: Path, name: bytes, *, offset: int, fmt: str, value: int) -> None:
@@ -88,7 +80,7 @@ def _patch_central(path: Path, name: bytes, *, offset: int, fmt: str, value: int
 def test_zip_members_that_lie_or_cannot_be_read(tmp_path, field, offset, fmt, value, needle):
     path = _zip(tmp_path / "study.zip", {"ct.dcm": _ct_bytes()})
     _patch_central(path, b"ct.dcm", offset=offset, fmt=fmt, value=value)
-    _one_line_exit_2(_info(path), "study.zip", needle)
+    one_line_exit_2(_info(path), "study.zip", needle)
 
 
 def test_zip_member_with_bad_crc(tmp_path):
@@ -96,4 +88,4 @@ def test_zip_member_with_bad_crc(tmp_path):
     raw = bytearray(path.read_bytes())
     raw[200] ^= 0xFF  # inside the compressed data of the only member
     path.write_bytes(bytes(raw))
-    _one_line_exit_2(_info(path), "study.zip")
+    one_line_exit_2(_info(path), "study.zip")

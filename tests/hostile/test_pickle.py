@@ -9,6 +9,7 @@ import pathlib
 import pytest
 import torch
 import yaml
+from hostile_checks import one_line_exit_2
 from typer.testing import CliRunner
 
 from medvit.cli import app
@@ -41,14 +42,6 @@ def _resume(folder):
     return CliRunner().invoke(app, ["run", "--resume", str(folder)])
 
 
-def _one_line_exit_2(result, *needles):
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.output, result.output
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-
-
 def _no_new_files(folder, before):
     assert sorted(p.name for p in folder.rglob("*")) == before
 
@@ -66,7 +59,7 @@ def test_crafted_last_ckpt_never_runs_on_resume(run_dir, tmp_path, layout):
     torch.save(layout(marker), run_dir / "checkpoints" / "last.ckpt")
     before = sorted(p.name for p in run_dir.rglob("*"))
     result = _resume(run_dir)
-    _one_line_exit_2(result, "last.ckpt", "pickled Python objects")
+    one_line_exit_2(result, "last.ckpt", "pickled Python objects")
     assert not marker.exists()
     _no_new_files(run_dir, before)  # no run.json, no error.log: nothing started
 
@@ -81,7 +74,7 @@ def test_crafted_last_ckpt_never_runs_on_resume(run_dir, tmp_path, layout):
 )
 def test_damaged_last_ckpt_is_one_line(run_dir, content, needle):
     (run_dir / "checkpoints" / "last.ckpt").write_bytes(content)
-    _one_line_exit_2(_resume(run_dir), "last.ckpt", needle)
+    one_line_exit_2(_resume(run_dir), "last.ckpt", needle)
 
 
 def test_truncated_and_foreign_checkpoints_are_one_line(run_dir, tmp_path):
@@ -89,9 +82,9 @@ def test_truncated_and_foreign_checkpoints_are_one_line(run_dir, tmp_path):
     torch.save({"state_dict": {"model.w": torch.zeros(1000)}}, real)
     data = real.read_bytes()
     (run_dir / "checkpoints" / "last.ckpt").write_bytes(data[: len(data) // 2])
-    _one_line_exit_2(_resume(run_dir), "not a readable checkpoint")
+    one_line_exit_2(_resume(run_dir), "not a readable checkpoint")
     torch.save({"weights": torch.zeros(3)}, run_dir / "checkpoints" / "last.ckpt")
-    _one_line_exit_2(_resume(run_dir), "not a Lightning checkpoint")
+    one_line_exit_2(_resume(run_dir), "not a Lightning checkpoint")
 
 
 def test_package_checkpoint_and_backbone_files_refuse_pickle_too(tmp_path, monkeypatch):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import gzip
 import io
 import os
-import resource
 import struct
 import subprocess
 import sys
@@ -17,28 +16,18 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from hostile_checks import address_space_limit, one_line_exit_2
 
 MEDVIT = str(Path(sys.executable).parent / "medvit")
 BUDGET = 3 << 30  # address space of the whole `medvit info` process
 
 
-def _limited():
-    resource.setrlimit(resource.RLIMIT_AS, (BUDGET, BUDGET))
-
-
 def _info(path, env=None):
     return subprocess.run(
-        [MEDVIT, "info", str(path)], capture_output=True, text=True, timeout=120, preexec_fn=_limited,
+        [MEDVIT, "info", str(path)], capture_output=True, text=True, timeout=120,
+        preexec_fn=address_space_limit(BUDGET),
         env={**os.environ, **(env or {})},
     )  # fmt: skip
-
-
-def _one_line_exit_2(out, *needles):
-    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def _nifti_header_only(path: Path, shape, dtype=np.float32, payload: bytes = b"") -> Path:
@@ -68,7 +57,7 @@ def _nifti_header_only(path: Path, shape, dtype=np.float32, payload: bytes = b""
 def test_nifti_declaring_more_than_it_holds_or_than_the_budget(tmp_path, name, shape, dtype, needle):
     path = _nifti_header_only(tmp_path / name, shape, dtype, payload=b"\0" * 1024)
     assert path.stat().st_size < 10_000
-    _one_line_exit_2(_info(path), name, needle)
+    one_line_exit_2(_info(path), name, needle)
 
 
 def test_gzip_bomb_within_a_plausible_header_is_refused_before_decompressing(tmp_path):
@@ -86,7 +75,7 @@ def test_gzip_bomb_within_a_plausible_header_is_refused_before_decompressing(tmp
         for _ in range(64):  # 1 GiB of zeros: the test stays quick; the header claims 8 GiB
             fh.write(z.compress(chunk))
         fh.write(z.flush())
-    _one_line_exit_2(_info(path), "bomb.nii.gz", "image budget")
+    one_line_exit_2(_info(path), "bomb.nii.gz", "image budget")
 
 
 def _png(width: int, height: int) -> bytes:
@@ -116,15 +105,15 @@ def _bmp(width: int, height: int) -> bytes:
 def test_2d_images_declaring_huge_sizes(tmp_path, name, content):
     path = tmp_path / name
     path.write_bytes(content)
-    _one_line_exit_2(_info(path), name)
+    one_line_exit_2(_info(path), name)
 
 
 def test_the_budget_is_overridable_and_checked(tmp_path):
     path = tmp_path / "ct.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((24, 24, 16), np.int16), np.eye(4)), path)
     assert _info(path).returncode == 0
-    _one_line_exit_2(_info(path, {"MEDVIT_MAX_IMAGE_BYTES": "1000"}), "image budget", "MEDVIT_MAX_IMAGE_BYTES")
-    _one_line_exit_2(_info(path, {"MEDVIT_MAX_IMAGE_BYTES": "lots"}), "MEDVIT_MAX_IMAGE_BYTES='lots'")
+    one_line_exit_2(_info(path, {"MEDVIT_MAX_IMAGE_BYTES": "1000"}), "image budget", "MEDVIT_MAX_IMAGE_BYTES")
+    one_line_exit_2(_info(path, {"MEDVIT_MAX_IMAGE_BYTES": "lots"}), "MEDVIT_MAX_IMAGE_BYTES='lots'")
 
 
 def test_zero_dimension_is_refused(tmp_path):
@@ -132,7 +121,7 @@ def test_zero_dimension_is_refused(tmp_path):
     raw = bytearray(path.read_bytes())
     raw[44:46] = struct.pack("<h", 0)  # dim[3] = 0
     path.write_bytes(bytes(raw))
-    _one_line_exit_2(_info(path), "flat.nii")
+    one_line_exit_2(_info(path), "flat.nii")
 
 
 @pytest.mark.parametrize(
@@ -146,10 +135,10 @@ def test_zero_dimension_is_refused(tmp_path):
 def test_a_pipeline_asking_for_a_giant_model_is_refused_before_allocating(tmp_path, overrides):
     out = subprocess.run(
         [MEDVIT, "run", "quickstart", *overrides, "--check"], cwd=tmp_path, capture_output=True, text=True,
-        timeout=180, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30)),
+        timeout=180, preexec_fn=address_space_limit(6 << 30),
         env={**os.environ, "MEDVIT_CACHE": str(tmp_path / "cache")},
     )  # fmt: skip
-    _one_line_exit_2(out, "model budget", "MEDVIT_MAX_MODEL_BYTES")
+    one_line_exit_2(out, "model budget", "MEDVIT_MAX_MODEL_BYTES")
     assert not (tmp_path / "runs").exists()
 
 
@@ -165,9 +154,9 @@ def test_a_package_asking_for_a_giant_model_is_refused(tmp_path):
     nib.save(nib.Nifti1Image(np.zeros((24, 24, 16), np.int16), np.eye(4)), ct)
     out = subprocess.run(
         [MEDVIT, "predict", "-m", str(package), "-i", str(ct), "-o", str(tmp_path / "out")], capture_output=True,
-        text=True, timeout=180, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30)),
+        text=True, timeout=180, preexec_fn=address_space_limit(6 << 30),
     )  # fmt: skip
-    _one_line_exit_2(out, "model budget")
+    one_line_exit_2(out, "model budget")
     assert not (tmp_path / "out").exists()
 
 

@@ -5,12 +5,12 @@ one line naming the file, exit 2, nothing written, under a memory limit set on t
 from __future__ import annotations
 
 import os
-import resource
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from hostile_checks import address_space_limit, one_line_exit_2
 
 MEDVIT = str(Path(sys.executable).parent / "medvit")
 BUDGET = 6 << 30  # address space for the whole process (torch and MONAI imported): far below a bomb's need
@@ -22,24 +22,13 @@ LAUGHS = "\n".join(
 )
 
 
-def _limited():
-    resource.setrlimit(resource.RLIMIT_AS, (BUDGET, BUDGET))
-
-
 def _medvit(*args, cwd, env=None):
     out = subprocess.run(
-        [MEDVIT, *args], cwd=cwd, capture_output=True, text=True, timeout=180, preexec_fn=_limited,
+        [MEDVIT, *args], cwd=cwd, capture_output=True, text=True, timeout=180,
+        preexec_fn=address_space_limit(BUDGET),
         env={**os.environ, "MEDVIT_CACHE": str(Path(cwd) / "cache"), **(env or {})},
     )  # fmt: skip
     return out
-
-
-def _one_line_exit_2(out, *needles):
-    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 @pytest.mark.parametrize(
@@ -57,24 +46,24 @@ def test_hostile_pipeline_file(tmp_path, content, needle):
     pipeline = tmp_path / "p.yaml"
     pipeline.write_bytes(content)
     out = _medvit("run", str(pipeline), "--check", cwd=tmp_path)
-    _one_line_exit_2(out, "p.yaml", needle)
+    one_line_exit_2(out, "p.yaml", needle)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.yaml"]  # no runs/, no mlruns.db
 
 
 def test_a_pipe_is_refused_not_read(tmp_path):
     fifo = tmp_path / "p.yaml"
     os.mkfifo(fifo)  # opening it would block forever
-    _one_line_exit_2(_medvit("run", str(fifo), "--check", cwd=tmp_path), "not a regular file")
+    one_line_exit_2(_medvit("run", str(fifo), "--check", cwd=tmp_path), "not a regular file")
 
 
 def test_hostile_fragment_and_card(tmp_path):
     (tmp_path / "configs" / "trainer").mkdir(parents=True)
     (tmp_path / "configs" / "trainer" / "bomb.yaml").write_text(LAUGHS)
     out = _medvit("run", "quickstart", "defaults=[trainer/bomb]", "--check", cwd=tmp_path)
-    _one_line_exit_2(out, "bomb.yaml", "alias references")
+    one_line_exit_2(out, "bomb.yaml", "alias references")
     (tmp_path / "data_cards").mkdir()
     (tmp_path / "data_cards" / "bomb.yaml").write_text(LAUGHS)
-    _one_line_exit_2(_medvit("cards", "show", "bomb", cwd=tmp_path), "bomb.yaml", "alias references")
+    one_line_exit_2(_medvit("cards", "show", "bomb", cwd=tmp_path), "bomb.yaml", "alias references")
 
 
 def test_hostile_package_spec(tmp_path):
@@ -83,7 +72,7 @@ def test_hostile_package_spec(tmp_path):
     (package / "medvit.yaml").write_text(LAUGHS)
     (package / "model.safetensors").write_bytes(b"")
     out = _medvit("predict", "-m", str(package), "-i", str(package), "-o", str(tmp_path / "out"), cwd=tmp_path)
-    _one_line_exit_2(out, "medvit.yaml", "alias references")
+    one_line_exit_2(out, "medvit.yaml", "alias references")
     assert not (tmp_path / "out").exists()
 
 
