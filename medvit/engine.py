@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle
 import sys
 import time
 import traceback
@@ -45,7 +44,7 @@ from medvit.data.cards import find_card, load_card
 from medvit.data.datamodule import MedvitDataModule
 from medvit.errors import ConfigError, InputError, MedvitError, one_line
 from medvit.models.build import TINY_HEAD_OPTIONS
-from medvit.package import PackageSpec, Provenance, save_package
+from medvit.package import PackageSpec, Provenance, read_lightning_checkpoint, save_package
 from medvit.pipeline import PipelineConfig, load_pipeline
 from medvit.registry import register_package
 from medvit.registry.uri import default_tracking_uri
@@ -222,7 +221,7 @@ class ValidationLine(Callback):
         parts = [f"epoch {trainer.current_epoch + 1}/{self.max_epochs}"]
         for key in ("val/loss", self.monitor):
             if key in m:
-                parts.append(f"{key.removesuffix('_epoch')} {float(m[key]):.4f}")
+                parts.append(f"{key} {float(m[key]):.4f}")
         print("  ".join(dict.fromkeys(parts)), flush=True)
 
 
@@ -415,7 +414,7 @@ def run_pipeline(
         last = resume_dir / "checkpoints" / "last.ckpt"
         if not last.is_file():
             raise InputError(f"{resume_dir}: no checkpoints/last.ckpt to resume from")
-        _check_checkpoint(last)
+        read_lightning_checkpoint(last, mmap=True)  # before anything runs: no pickled code, no damage
         if (resume_dir / "run.json").is_file():
             run_json = json.loads((resume_dir / "run.json").read_text())
         ckpt_path = str(last)
@@ -451,26 +450,6 @@ def run_pipeline(
     finally:
         os.environ.pop(RUN_DIR_ENV, None)
         os.environ.pop(RUN_JSON_ENV, None)
-
-
-def _check_checkpoint(path: Path) -> None:
-    """A checkpoint to resume from must be a readable Lightning checkpoint of tensors and plain data: it is read
-    with ``weights_only=True`` (whatever ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says), so no pickled code runs.
-
-    Raises:
-        InputError: Unreadable, truncated, not a Lightning checkpoint, or pickling more than weights.
-    """
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as exc:
-        raise InputError(
-            f"{path}: holds pickled Python objects beyond weights ({one_line(exc, 120)}); medvit does not run "
-            "them: resume only from checkpoints medvit wrote"
-        ) from None
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for damaged files
-        raise InputError(f"{path}: not a readable checkpoint ({one_line(exc, 160)})") from None
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
-        raise InputError(f"{path}: not a Lightning checkpoint (no state_dict)")
 
 
 def _failed(exc: BaseException, run_dir: Path, run_json: dict[str, Any], cfg: PipelineConfig) -> BaseException:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -269,15 +270,30 @@ def load_package(path: str | os.PathLike) -> ModelPackage:
     return ModelPackage(spec=spec, path=folder, sha256=sha, state_dict=ckpt_state)
 
 
-def _checkpoint_state(path: Path) -> dict[str, Any]:
-    """The network weights of a medvit Lightning checkpoint (``model.`` prefix of the task module)."""
+def read_lightning_checkpoint(path: str | os.PathLike, *, mmap: bool = False) -> dict[str, Any]:
+    """A Lightning checkpoint of tensors and plain data, read with ``weights_only=True`` whatever
+    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says, so no pickled code runs.
+
+    Raises:
+        InputError: Unreadable, truncated, pickling more than weights, or without a ``state_dict``.
+    """
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        raise InputError(
+            f"{path}: holds pickled Python objects beyond weights ({one_line(exc, 120)}); medvit does not run "
+            "them: use only checkpoints medvit wrote"
+        ) from None
     except Exception as exc:  # noqa: BLE001  (torch raises many types for bad files)
         raise InputError(f"{path}: not a readable checkpoint ({one_line(exc, 160)})") from None
-    state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict):
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise InputError(f"{path}: not a Lightning checkpoint (no state_dict)")
+    return ckpt
+
+
+def _checkpoint_state(path: Path) -> dict[str, Any]:
+    """The network weights of a medvit Lightning checkpoint (``model.`` prefix of the task module)."""
+    state = read_lightning_checkpoint(path)["state_dict"]
     out = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
     if not out:
         raise InputError(f"{path}: checkpoint holds no medvit model weights (no 'model.' keys)")

@@ -28,6 +28,7 @@ from medvit.backbones.checkpoints import (
 )
 from medvit.backbones.vit import VisionTransformer
 from medvit.errors import ConfigError, one_line
+from medvit.io.limits import env_bytes
 
 
 @dataclass(frozen=True)
@@ -258,13 +259,7 @@ def check_model_size(name: str, options: Mapping[str, Any]) -> None:
     Raises:
         ConfigError: Too large, or a budget that is not a positive number.
     """
-    text = os.environ.get(MODEL_BUDGET_ENV, "").strip()
-    try:
-        budget = int(float(text)) if text else DEFAULT_MODEL_BUDGET
-    except ValueError:
-        budget = 0
-    if budget <= 0:
-        raise ConfigError(f"{MODEL_BUDGET_ENV}={text!r}: expected a positive number of bytes")
+    budget = env_bytes(MODEL_BUDGET_ENV, DEFAULT_MODEL_BUDGET)
     try:
         size = 4 * estimate_parameters(options)
     except (TypeError, ValueError):

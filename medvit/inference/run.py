@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import shutil
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -23,6 +22,7 @@ from medvit.errors import ConfigError, InputError, MedvitError, one_line
 from medvit.inference.cases import Case, discover_cases
 from medvit.inference.manifest import case_record, finish, model_record, new_manifest, write_manifest
 from medvit.inference.outputs import output_files, parse_output_types, write_outputs
+from medvit.io.atomic import remove_stale_staging
 
 LOCK = ".medvit-predict.lock"
 ERROR_LOG = "predict-errors.log"
@@ -31,7 +31,7 @@ ERROR_LOG = "predict-errors.log"
 @contextlib.contextmanager
 def output_lock(outdir: Path) -> Iterator[None]:
     """Hold ``outdir``'s lock for one predict; a second predict into the same folder is refused in one line.
-    Staging folders (``.*.partial``) that a killed predict left behind are removed once the lock is held."""
+    Staging folders that a killed predict left behind are removed once the lock is held."""
     created = not outdir.exists()
     lock = outdir / LOCK
     try:  # before any work: an output folder that cannot be written is found now, not after inference
@@ -46,9 +46,7 @@ def output_lock(outdir: Path) -> Iterator[None]:
             raise ConfigError(
                 f"-o {outdir}: another medvit predict is writing to this folder; wait for it or choose another"
             ) from None
-        for stale in outdir.glob(".*.partial"):
-            if stale.is_dir() and not stale.is_symlink():
-                shutil.rmtree(stale, ignore_errors=True)
+        remove_stale_staging(outdir)
         try:
             yield
         finally:

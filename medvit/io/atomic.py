@@ -120,6 +120,17 @@ def atomic_dir(target: str | os.PathLike, *, overwrite: bool = False) -> Iterato
         raise
 
 
+STAGING_SUFFIX = ".partial"
+
+
+def remove_stale_staging(folder: str | os.PathLike) -> None:
+    """Remove staging folders that :func:`atomic_files` left in ``folder`` when its process was killed. Call it
+    only while no other writer uses ``folder`` (predict holds the folder's lock)."""
+    for stale in Path(folder).glob(f".*{STAGING_SUFFIX}"):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_files(folder: str | os.PathLike, names: Iterable[str], *, stage: str = "") -> Iterator[Path]:
     """Yield a hidden staging folder inside ``folder``; on success move each of ``names`` from it into ``folder``.
@@ -134,7 +145,7 @@ def atomic_files(folder: str | os.PathLike, names: Iterable[str], *, stage: str 
     names = list(names)
     umask = current_umask()
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{stage}.", suffix=".partial", dir=folder))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{stage}.", suffix=STAGING_SUFFIX, dir=folder))
     try:
         yield tmp
         for name in names:

@@ -18,18 +18,27 @@ BUDGET_ENV = "MEDVIT_MAX_IMAGE_BYTES"
 DEFAULT_BUDGET = 4 << 30
 
 
-def image_budget() -> int:
-    """Bytes one image may take in memory (``$MEDVIT_MAX_IMAGE_BYTES``, default 4 GiB)."""
-    text = os.environ.get(BUDGET_ENV, "").strip()
+def env_bytes(name: str, default: int) -> int:
+    """A byte budget from environment variable ``name`` (``default`` when unset).
+
+    Raises:
+        ConfigError: A value that is not a positive number.
+    """
+    text = os.environ.get(name, "").strip()
     if not text:
-        return DEFAULT_BUDGET
+        return default
     try:
         value = int(float(text))
     except ValueError:
         value = 0
     if value <= 0:
-        raise ConfigError(f"{BUDGET_ENV}={text!r}: expected a positive number of bytes")
+        raise ConfigError(f"{name}={text!r}: expected a positive number of bytes")
     return value
+
+
+def image_budget() -> int:
+    """Bytes one image may take in memory (``$MEDVIT_MAX_IMAGE_BYTES``, default 4 GiB)."""
+    return env_bytes(BUDGET_ENV, DEFAULT_BUDGET)
 
 
 def _gib(n: float) -> str:
