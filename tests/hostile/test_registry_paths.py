@@ -91,13 +91,16 @@ def _snapshot(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 
 
-def _predict(uri: str, tracking: str, tmp_path: Path):
+def _image(tmp_path: Path) -> Path:
     import nibabel as nib
     import numpy as np
 
     image = tmp_path / "ct.nii.gz"
-    if not image.exists():
-        nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.int16), np.eye(4)), image)
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.int16), np.eye(4)), image)
+    return image
+
+
+def _predict(uri: str, tracking: str, image: Path, tmp_path: Path):
     env = {"MLFLOW_TRACKING_URI": tracking}
     return CliRunner().invoke(app, ["predict", "-m", uri, "-i", str(image), "-o", str(tmp_path / "out")], env=env)
 
@@ -124,9 +127,9 @@ def test_hostile_registry_answers_touch_nothing(hostile, victim, tmp_path, answe
     server.answers.update(answers)
     if "download" in answers and answers["download"].lower().startswith("file:///tmp/victim"):
         server.answers["download"] = (victim[0]).as_uri().replace("file:", "FILE:")
-    _predict("models:/m/not-a-run", url, tmp_path)  # writes the input image once
+    image = _image(tmp_path)
     before = _snapshot(tmp_path)
-    result = _predict(uri, url, tmp_path)
+    result = _predict(uri, url, image, tmp_path)
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and uri in lines[0], result.output
