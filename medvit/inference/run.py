@@ -9,7 +9,6 @@ output folder at a time (a lock file in it); staging folders a killed predict le
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import time
 import traceback
@@ -22,7 +21,7 @@ from medvit.errors import ConfigError, InputError, MedvitError, one_line
 from medvit.inference.cases import Case, discover_cases
 from medvit.inference.manifest import case_record, finish, model_record, new_manifest, write_manifest
 from medvit.inference.outputs import output_files, parse_output_types, write_outputs
-from medvit.io.atomic import remove_stale_staging
+from medvit.io.atomic import file_lock, remove_stale_staging
 
 LOCK = ".medvit-predict.lock"
 ERROR_LOG = "predict-errors.log"
@@ -33,30 +32,25 @@ def output_lock(outdir: Path) -> Iterator[None]:
     """Hold ``outdir``'s lock for one predict; a second predict into the same folder is refused in one line.
     Staging folders that a killed predict left behind are removed once the lock is held."""
     created = not outdir.exists()
-    lock = outdir / LOCK
-    try:  # before any work: an output folder that cannot be written is found now, not after inference
-        outdir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-    except OSError as exc:
-        raise ConfigError(f"-o {outdir}: cannot write there ({exc.strerror or one_line(exc)})") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with contextlib.ExitStack() as held:
+        if created:  # only when empty: a failed single case leaves nothing behind
+            held.callback(_remove_if_empty, outdir)
+        try:  # before any work: an output folder that cannot be written is found now, not after inference
+            outdir.mkdir(parents=True, exist_ok=True)
+            held.enter_context(file_lock(outdir / LOCK, wait=False))
         except BlockingIOError:
             raise ConfigError(
                 f"-o {outdir}: another medvit predict is writing to this folder; wait for it or choose another"
             ) from None
+        except OSError as exc:
+            raise ConfigError(f"-o {outdir}: cannot write there ({exc.strerror or one_line(exc)})") from None
         remove_stale_staging(outdir)
-        try:
-            yield
-        finally:
-            with contextlib.suppress(OSError):
-                lock.unlink()
-            if created:
-                with contextlib.suppress(OSError):
-                    outdir.rmdir()  # only when empty: a failed single case leaves nothing behind
-    finally:
-        os.close(fd)
+        yield
+
+
+def _remove_if_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        folder.rmdir()
 
 
 @dataclass

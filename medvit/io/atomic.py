@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import shutil
 import stat
@@ -100,9 +101,10 @@ def atomic_dir(target: str | os.PathLike, *, overwrite: bool = False) -> Iterato
     The folder is ``.{name}.XXXXXXXX.tmp`` in ``target``'s parent (created if needed). On success everything
     the writer made gets the modes of new files and folders under the umask (``0o644``/``0o755`` under
     ``022``), then the folder is renamed onto ``target``. With ``overwrite`` an existing ``target`` is first
-    moved aside, the new folder renamed in, then the old one removed: at no moment is there neither. On any
-    exception (``KeyboardInterrupt`` included) the temporary folder is removed, the exception propagates and
-    an existing ``target`` is untouched.
+    moved aside, the new folder renamed in, then the old one removed: a reader finds the old folder, the new
+    one, or (for that instant) neither, never a mixture; writers that may race hold a :func:`file_lock`. On
+    any exception (``KeyboardInterrupt`` included) the temporary folder is removed, the exception propagates
+    and an existing ``target`` is untouched.
 
     Raises:
         FileExistsError: ``target`` exists (checked when the writer is done) and ``overwrite`` is false.
@@ -118,6 +120,38 @@ def atomic_dir(target: str | os.PathLike, *, overwrite: bool = False) -> Iterato
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike, *, wait: bool = True) -> Iterator[None]:
+    """Hold an exclusive advisory lock (``flock``) on the file ``path`` for the block, and remove the file when
+    the block ends; the lock is released when the process dies. ``path`` is created if needed and never
+    followed when it is a link. A process that waited on a file that its holder then removed locks the new
+    file instead (it compares the inodes), so two processes never both hold ``path``.
+
+    Raises:
+        BlockingIOError: ``wait`` is false and another process holds the lock.
+        OSError: ``path`` cannot be created or opened.
+    """
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            try:
+                held = os.fstat(fd)
+                now = os.stat(path, follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # the holder removed it while we waited: lock the next one
+            if (held.st_dev, held.st_ino) != (now.st_dev, now.st_ino):
+                continue
+            try:
+                yield
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)  # before the lock is released, so no one locks a removed file
+            return
+        finally:
+            os.close(fd)
 
 
 STAGING_SUFFIX = ".partial"

@@ -5,22 +5,26 @@ Cache layout: ``$MEDVIT_CACHE/models/<registry>/<name>/<version>/`` (``MEDVIT_CA
 the same model name do not collide. An entry is the package folder (``medvit.yaml``,
 ``model.safetensors``) plus ``registry.json`` (where it came from). It is downloaded into a temporary folder
 beside it, checked with :func:`medvit.load_package` (and the version's ``package_sha256`` tag), then renamed
-into place: an error never leaves a partial entry.
+into place: an error never leaves a partial entry. Processes sharing a cache download a version once: the
+download runs under a lock beside the entry (``.<version>.lock``), and a process that waited for it finds the
+entry complete. A complete entry is never rewritten, so a reader's package never changes under it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from medvit.errors import InputError
-from medvit.io.atomic import atomic_dir
+from medvit.errors import InputError, one_line
+from medvit.io.atomic import atomic_dir, file_lock
 from medvit.registry.flavor import FLAVOR_NAME
 from medvit.registry.models import model_version, registered_model
 from medvit.registry.session import display_uri, mlflow_session, registry_errors, resolve_tracking_uri, unreachable
@@ -95,7 +99,9 @@ def resolve_model_uri(uri: str, *, tracking_uri: str | None = None) -> tuple[Pat
         entry = cache_entry(turi, ref.name, mv.version)
         cached = _valid_entry(entry, mv.source)
         if not cached:
-            _download(client, mv, entry, uri)
+            with _entry_lock(entry, uri):
+                if not _valid_entry(entry, mv.source):  # else another process downloaded it while we waited
+                    _download(client, mv, entry, uri)
     record = json.loads((entry / RECORD).read_text())
     return entry, {**record, "uri": uri, "alias": ref.alias, "cached": cached}
 
@@ -138,8 +144,16 @@ def _valid_entry(entry: Path, source: str) -> bool:
     return record.get("source") == source and (entry / "medvit.yaml").is_file()
 
 
-class _AlreadyCached(Exception):
-    """Another process finished the same download first: keep its entry, drop this one."""
+@contextlib.contextmanager
+def _entry_lock(entry: Path, uri: str) -> Iterator[None]:
+    """Hold the lock of cache entry ``entry`` (one download of a version at a time, across processes)."""
+    with contextlib.ExitStack() as held:
+        try:
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            held.enter_context(file_lock(entry.parent / f".{entry.name}.lock"))
+        except OSError as exc:
+            raise InputError(f"{uri}: cannot write to the model cache {cache_root()} ({one_line(exc)})") from None
+        yield
 
 
 def _download(client, mv, entry: Path, uri: str) -> None:
@@ -152,18 +166,13 @@ def _download(client, mv, entry: Path, uri: str) -> None:
     cache = Path(os.path.abspath(cache_root()))
     if cache not in Path(os.path.abspath(entry)).parents:  # lexical: a linked cache folder stays allowed
         raise InputError(f"{uri}: version {mv.version!r} does not name a folder inside the cache {cache}")
-    try:
-        with atomic_dir(entry, overwrite=True) as tmp:
-            scratch = tmp / ".download"
-            got, sha256 = _fetch_package(root, scratch, mv, uri)
-            for item in got.iterdir():
-                item.rename(tmp / item.name)
-            shutil.rmtree(scratch)
-            (tmp / RECORD).write_text(json.dumps(_record(client, mv, sha256), indent=2))
-            if _valid_entry(entry, mv.source):
-                raise _AlreadyCached
-    except _AlreadyCached:
-        pass
+    with atomic_dir(entry, overwrite=True) as tmp:  # overwrite: a stale entry of a re-created model
+        scratch = tmp / ".download"
+        got, sha256 = _fetch_package(root, scratch, mv, uri)
+        for item in got.iterdir():
+            item.rename(tmp / item.name)
+        shutil.rmtree(scratch)
+        (tmp / RECORD).write_text(json.dumps(_record(client, mv, sha256), indent=2))
 
 
 def _fetch_package(root: str, tmp: Path, mv, uri: str) -> tuple[Path, str]:

@@ -11,6 +11,7 @@ from medvit.errors import InputError
 from medvit.registry import flavor
 from medvit.registry.session import (
     display_uri,
+    error_code,
     is_not_found,
     mlflow_session,
     registry_errors,
@@ -21,6 +22,7 @@ from medvit.registry.uri import check_alias, check_model_name, sqlite_path
 
 EXPERIMENT = "medvit-registry"
 MODEL_NAME = "model"
+_EXISTS = ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS")
 
 
 def register_package(
@@ -75,7 +77,7 @@ def _register(client, pkg, *, name, alias, run_id, extra, uri) -> dict[str, Any]
     try:
         client.create_registered_model(name, tags={MARKER: "1", "task": pkg.spec.task})
     except registry_errors() as exc:
-        if getattr(exc, "error_code", None) not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+        if error_code(exc) not in _EXISTS:  # created meanwhile by another process: use it
             raise
     mv = client.create_model_version(
         name, source=f"models:/{model_id}", run_id=run_id, tags=version_tags, model_id=model_id
@@ -149,13 +151,23 @@ def _pick_run(client, run_id: str | None, pkg, *, name: str, uri: str) -> tuple[
         except registry_errors() as exc:
             if not is_not_found(exc):
                 raise
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    if experiment is not None:
-        exp_id = experiment.experiment_id
-    else:  # artifacts beside a sqlite database (not in whatever folder register ran from)
-        db = sqlite_path(uri)
-        location = (db.resolve().parent / "mlruns" / EXPERIMENT).as_uri() if db is not None else None
-        exp_id = client.create_experiment(EXPERIMENT, artifact_location=location)
+    exp_id = _registry_experiment(client, uri)
     run = client.create_run(exp_id, run_name=f"register-{name}", tags={MARKER: "1"})
     client.set_terminated(run.info.run_id)
     return run.info.run_id, exp_id, {}
+
+
+def _registry_experiment(client, uri: str) -> str:
+    """The id of the ``medvit-registry`` experiment, created when missing (by this process or, at the same
+    moment, by another: then the one that won is used)."""
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    if experiment is not None:
+        return experiment.experiment_id
+    db = sqlite_path(uri)  # artifacts beside a sqlite database (not in whatever folder register ran from)
+    location = (db.resolve().parent / "mlruns" / EXPERIMENT).as_uri() if db is not None else None
+    try:
+        return client.create_experiment(EXPERIMENT, artifact_location=location)
+    except registry_errors() as exc:
+        if error_code(exc) not in _EXISTS:
+            raise
+    return client.get_experiment_by_name(EXPERIMENT).experiment_id

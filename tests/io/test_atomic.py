@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from medvit.io.atomic import atomic_dir, atomic_file, atomic_files, current_umask
+from medvit.io.atomic import atomic_dir, atomic_file, atomic_files, current_umask, file_lock
 
 
 @pytest.fixture
@@ -134,3 +134,54 @@ def test_atomic_files_all_or_none(tmp_path, umask022, error):
     names = sorted(p.name for p in out.iterdir())
     assert names == ([] if error else ["a.json", "b.png"])
     assert all(_mode(out / n) == 0o644 for n in names)
+
+
+def test_file_lock_excludes_other_processes_and_removes_its_file(tmp_path):
+    import subprocess
+    import sys
+
+    lock = tmp_path / ".x.lock"
+    probe = (
+        "import sys; from medvit.io.atomic import file_lock\n"
+        "try:\n    with file_lock(sys.argv[1], wait=False): print('got')\n"
+        "except BlockingIOError: print('busy')"
+    )
+
+    def other() -> str:
+        return subprocess.run(
+            [sys.executable, "-c", probe, str(lock)], capture_output=True, text=True
+        ).stdout.strip()
+
+    with file_lock(lock):
+        assert lock.exists() and other() == "busy"  # flock is per open file: another process is refused
+    assert not lock.exists() and other() == "got"  # released and removed
+    assert not lock.exists()
+
+
+def test_file_lock_waiter_follows_a_removed_file(tmp_path):
+    """A process that waited on a lock file its holder removed locks a fresh file, not the removed one."""
+    import threading
+
+    lock, order = tmp_path / ".x.lock", []
+    with file_lock(lock):
+        waiter = threading.Thread(target=lambda: order.append(_hold(lock)))
+        waiter.start()
+        waiter.join(0.3)
+        assert waiter.is_alive()  # waiting
+        order.append("released")
+    waiter.join(5)
+    assert order == ["released", "held"] and not lock.exists()
+
+
+def _hold(lock) -> str:
+    with file_lock(lock):
+        assert lock.exists()
+        return "held"
+
+
+def test_file_lock_refuses_a_link(tmp_path):
+    (tmp_path / "target").write_text("keep")
+    (tmp_path / ".x.lock").symlink_to(tmp_path / "target")
+    with pytest.raises(OSError), file_lock(tmp_path / ".x.lock"):
+        pass
+    assert (tmp_path / "target").read_text() == "keep"

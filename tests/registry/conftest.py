@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import warnings
 from pathlib import Path
 
 import pytest
+import servers
 import yaml
 from packages import make_package
 
@@ -91,13 +91,7 @@ def model_name(request) -> str:
 @pytest.fixture(scope="session")
 def free_port():
     """``free_port()`` -> a loopback TCP port nobody listens on (now)."""
-
-    def pick() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
-
-    return pick
+    return servers.free_port
 
 
 @pytest.fixture

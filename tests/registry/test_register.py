@@ -190,3 +190,25 @@ def test_session_restores_the_callers_mlflow_settings(package_factory, model_nam
         assert logging.getLogger("mlflow").level != logging.ERROR
     finally:
         mlflow.set_tracking_uri(None)
+
+
+def test_registry_experiment_created_meanwhile_by_another_process(package_factory, model_name, tracking_uri):
+    """Two processes registering into a store without the registry experiment both try to create it: the one
+    that loses uses the one that won."""
+    import mlflow
+
+    from medvit.registry import register
+
+    client = mlflow.MlflowClient(tracking_uri)
+    if client.get_experiment_by_name(register.EXPERIMENT) is None:
+        client.create_experiment(register.EXPERIMENT)  # what the other process did
+    won = client.get_experiment_by_name(register.EXPERIMENT).experiment_id
+    real, calls = client.get_experiment_by_name, []
+
+    def stale(name):  # this process looked just before the other created it
+        calls.append(name)
+        return None if len(calls) == 1 else real(name)
+
+    client.get_experiment_by_name = stale
+    assert register._registry_experiment(client, tracking_uri) == won
+    assert len(calls) == 2

@@ -4,17 +4,13 @@ a registered 2D model."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
 import requests
+from servers import CLEAN_ENV, MLFLOW, mlflow_server, start, stop, wait_until_up
 from typer.testing import CliRunner
 
 from medvit import Predictor
@@ -24,58 +20,13 @@ from medvit.registry import register_package, resolve_model_uri
 
 pytestmark = pytest.mark.slow
 
-MLFLOW = str(Path(sys.executable).with_name("mlflow"))
-_CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-_CLEAN_ENV["PATH"] = (
-    f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # uvicorn, as in a venv
-)
-
-
-def _wait_until_up(proc: subprocess.Popen, url: str, log: Path, *, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"{proc.args[:3]} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if requests.get(url, timeout=5).status_code == 200:
-                return
-        except requests.RequestException:  # not listening yet, or still starting
-            pass
-        time.sleep(0.3)
-    pytest.fail(f"{url} not up after {timeout} s:\n{log.read_text()[-3000:]}")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)  # the server and the workers it started
-        try:
-            proc.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-def _start(cmd: list[str], *, env: dict, cwd: Path, log: Path) -> subprocess.Popen:
-    with open(log, "w") as out:  # own session: stopping it stops the workers it starts too
-        return subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
-        )
-
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, free_port):
+def server(tmp_path_factory):
     """A tracking server on a loopback port with its own SQLite store and proxied artifact folder."""
     root = tmp_path_factory.mktemp("server")
-    port = free_port()
-    cmd = [MLFLOW, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    cmd += ["--backend-store-uri", f"sqlite:///{root / 'srv.db'}", "--artifacts-destination", str(root / "art")]
-    proc = _start(cmd, env=_CLEAN_ENV, cwd=root, log=root / "server.log")
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_until_up(proc, f"{url}/health", root / "server.log")
+    with mlflow_server(root, f"sqlite:///{root / 'srv.db'}") as url:
         yield url
-    finally:
-        _stop(proc)
 
 
 @pytest.fixture
@@ -127,9 +78,9 @@ def test_scoring_server_answers_for_a_registered_2d_model(
     port = free_port()
     cmd = [MLFLOW, "models", "serve", "-m", f"models:/{model_name}@champion", "--env-manager", "local"]
     cmd += ["--host", "127.0.0.1", "--port", str(port)]
-    proc = _start(cmd, env={**_CLEAN_ENV, "MLFLOW_TRACKING_URI": server}, cwd=tmp_path, log=tmp_path / "serve.log")
+    proc = start(cmd, env={**CLEAN_ENV, "MLFLOW_TRACKING_URI": server}, cwd=tmp_path, log=tmp_path / "serve.log")
     try:
-        _wait_until_up(proc, f"http://127.0.0.1:{port}/ping", tmp_path / "serve.log")
+        wait_until_up(proc, f"http://127.0.0.1:{port}/ping", tmp_path / "serve.log")
         body = {"inputs": images.tolist(), "params": {"spacing": [0.5, 0.5]}}
         reply = requests.post(f"http://127.0.0.1:{port}/invocations", json=body, timeout=60)
         assert reply.status_code == 200, reply.text
@@ -140,7 +91,7 @@ def test_scoring_server_answers_for_a_registered_2d_model(
         bad = requests.post(f"http://127.0.0.1:{port}/invocations", json={"inputs": [[1.0, 2.0]]}, timeout=60)
         assert bad.status_code == 400 and "shape" in bad.json()["message"]
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 def test_server_down_is_a_one_line_error(server, package_factory, model_name, free_port, tmp_path):
