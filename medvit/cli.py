@@ -510,6 +510,14 @@ def predict(
     series: SeriesOpt = None,
     spacing: SpacingOpt = None,
     resample_uneven: ResampleOpt = False,
+    deidentify: Annotated[
+        bool,
+        typer.Option(
+            "--deidentify",
+            help="Write DICOM-SEG without the patient's name, ID, birth date, study dates, accession number, "
+            "physicians, institution or free text (PS3.15 basic profile; UIDs kept to reference the source).",
+        ),
+    ] = False,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
     precision: Annotated[
         str, typer.Option("--precision", help="auto (bf16 where the device does it natively), 32 or bf16.")
@@ -551,6 +559,7 @@ def predict(
         series=series,
         spacing=spacing_mm,
         resample_uneven=resample_uneven,
+        deidentify=deidentify,
         echo=typer.echo,
         echo_error=lambda line: typer.echo(line, err=True),
     )

@@ -97,6 +97,7 @@ def write_outputs(
     *,
     probabilities: bool = False,
     model: dict[str, Any] | None = None,
+    deidentify: bool = False,
 ) -> list[Path]:
     """Write one case's outputs into ``outdir`` (all or none) and return their paths.
 
@@ -107,8 +108,9 @@ def write_outputs(
     outdir = Path(outdir)
     files = output_files(name, types, spatial_dims=len(pred.grid.spatial_shape), probabilities=probabilities)
     with atomic_files(outdir, files.values(), stage=name) as stage:
+        options = {"dicom-seg": {"deidentify": deidentify}}  # what a writer takes beyond the prediction
         for kind, file in files.items():
-            _WRITERS[kind](pred, stage / file)
+            _WRITERS[kind](pred, stage / file, **options.get(kind, {}))
         if "json" in files:
             text = json.dumps(sidecar(pred, name, files, model or {}), indent=2)
             (stage / files["json"]).write_text(text + "\n")
@@ -131,10 +133,10 @@ def check_grid(path: Path, shape: Sequence[int], affine: np.ndarray) -> None:
         )
 
 
-def _dicom_seg(pred: Prediction, path: Path) -> None:
+def _dicom_seg(pred: Prediction, path: Path, *, deidentify: bool = False) -> None:
     background = min(pred.labels)
     names = {k: v for k, v in pred.labels.items() if k != background}
-    medvit.io.write_dicom_seg(pred.mask, pred.grid, path, label_names=names)
+    medvit.io.write_dicom_seg(pred.mask, pred.grid, path, label_names=names, deidentify=deidentify)
 
 
 def _png(pred: Prediction, path: Path) -> None:

@@ -101,6 +101,7 @@ def run_predict(
     series: str | None = None,
     spacing: tuple[float, ...] | None = None,
     resample_uneven: bool = False,
+    deidentify: bool = False,
     echo: Callable[[str], None] = print,
     echo_error: Callable[[str], None] = print,
 ) -> RunResult:
@@ -117,6 +118,7 @@ def run_predict(
         spacing: Voxel spacing for DICOM inputs that give none.
         resample_uneven: Resample DICOM series with gaps between slices onto a uniform grid (recorded in the
             manifest) instead of refusing them.
+        deidentify: Write DICOM outputs de-identified (:func:`medvit.io.dicom_seg.deidentify_dataset`).
         echo: Where per-case lines go.
         echo_error: Where per-case errors go (folder inputs).
 
@@ -135,6 +137,7 @@ def run_predict(
         "series": series,
         "spacing": list(spacing) if spacing else None,
         "resample_uneven": resample_uneven,
+        "deidentify": deidentify,
     }
     with output_lock(outdir):
         return _run_cases(predictor, cases, outdir, types, options, single, echo, echo_error)
@@ -168,7 +171,15 @@ def _run_cases(predictor, cases, outdir: Path, types, options, single, echo, ech
                 name=case.name,
                 resample_uneven=options["resample_uneven"],
             )
-            written = write_outputs(pred, outdir, case.name, types, probabilities=save_probabilities, model=model)
+            written = write_outputs(
+                pred,
+                outdir,
+                case.name,
+                types,
+                probabilities=save_probabilities,
+                model=model,
+                deidentify=options["deidentify"],
+            )
         except Exception as exc:  # noqa: BLE001 - each case is isolated; KeyboardInterrupt still stops the run
             expected = isinstance(exc, MedvitError | OSError)
             if single and isinstance(exc, MedvitError):

@@ -42,6 +42,7 @@ def write_dicom_seg(
     *,
     label_names: dict[int, str] | None = None,
     series_description: str = "medvit segmentation",
+    deidentify: bool = False,
 ) -> Path:
     """Write a label mask on a DICOM input's grid as a DICOM Segmentation (one segment per label).
 
@@ -52,6 +53,9 @@ def write_dicom_seg(
         path: output ``.dcm`` path (written atomically).
         label_names: ``{label value: name}``; values without a name are called ``label_N``.
         series_description: SeriesDescription of the new SEG series.
+        deidentify: Write it de-identified (:func:`deidentify_dataset`): no patient name, ID, birth date,
+            study dates, accession number, physicians, institution or free text; UIDs kept, so that it still
+            references its source series.
     """
     import highdicom as hd  # lazy: highdicom only for DICOM-SEG output (not info, convert, cards)
 
@@ -114,6 +118,71 @@ def write_dicom_seg(
         )
     except (ValueError, TypeError, AttributeError) as exc:
         raise InputError(f"{path}: cannot build a DICOM-SEG for this input ({one_line(exc)})") from None
+    if deidentify:
+        deidentify_dataset(seg)
     with atomic_path(path) as tmp:
         seg.save_as(tmp)
     return path
+
+
+# PS3.15 Annex E, Basic Application Level Confidentiality Profile: the attributes a derived object copies from
+# its source that identify the patient, the visit or the people involved. "Z" (type 2 in the IODs): kept
+# with an empty value (a dummy for name and ID, which PACS need to file the object); "X": removed.
+_DUMMY = {"PatientName": "Anonymous", "PatientID": "ANONYMOUS"}
+_EMPTY = ("PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "AccessionNumber", "StudyID",
+          "ReferringPhysicianName", "ContentCreatorName")  # fmt: skip
+_REMOVE = ("PatientBirthTime", "PatientAge", "PatientSize", "PatientWeight", "PatientAddress",
+           "PatientTelephoneNumbers", "PatientMotherBirthName", "OtherPatientIDs", "OtherPatientNames",
+           "OtherPatientIDsSequence", "PatientBirthName", "EthnicGroup", "Occupation", "MilitaryRank",
+           "MedicalRecordLocator", "PatientComments", "AdditionalPatientHistory",
+           "PatientInsurancePlanCodeSequence",
+           "IssuerOfPatientID", "IssuerOfPatientIDQualifiersSequence", "ResponsiblePerson",
+           "ResponsibleOrganization", "PatientState", "PregnancyStatus", "SmokingStatus", "MedicalAlerts",
+           "Allergies", "StudyDescription", "SeriesDescription", "ProtocolName", "ImageComments",
+           "ClinicalTrialSponsorName", "ClinicalTrialSubjectID", "ClinicalTrialSubjectReadingID",
+           "InstitutionName", "InstitutionAddress", "InstitutionalDepartmentName", "StationName",
+           "PerformingPhysicianName", "NameOfPhysiciansReadingStudy", "OperatorsName", "PhysiciansOfRecord",
+           "RequestingPhysician", "ReferringPhysicianAddress", "ReferringPhysicianTelephoneNumbers",
+           "AdmissionID", "AdmittingDiagnosesDescription", "PerformedProcedureStepDescription",
+           "RequestedProcedureDescription", "RequestAttributesSequence", "ReferencedPatientSequence",
+           "ReferencedStudySequence", "AcquisitionDate", "AcquisitionTime", "AcquisitionDateTime")  # fmt: skip
+# ContentDate/Time, SeriesDate/Time and InstanceCreationDate/Time stay: they are when medvit made the object
+# (Content Date and Time are type 1 in a Segmentation), not the patient's dates
+_METHOD_CODES = (("113100", "Basic Application Confidentiality Profile"), ("113110", "Retain UIDs Option"))
+DEIDENTIFICATION_METHOD = "medvit: PS3.15 Basic Profile, Retain UIDs Option"  # LO: at most 64 characters
+
+
+def deidentify_dataset(ds) -> None:
+    """De-identify a dataset medvit derived from a source study, in place (PS3.15 Annex E, Basic Application
+    Level Confidentiality Profile with the Retain UIDs Option): patient name and ID become dummies, birth
+    date, sex, study date and time, accession number, study ID and physicians are emptied, other identifying
+    attributes, dates and free text are removed (also inside sequences), private elements are removed, and
+    ``PatientIdentityRemoved``/``DeidentificationMethod`` say so. Study, series, frame-of-reference and
+    referenced-instance UIDs are kept, so the object still references its source; whoever holds the source
+    study can therefore link the two."""
+    from pydicom.dataset import Dataset  # lazy: pydicom only for DICOM outputs
+
+    def clean(item) -> None:
+        for key in _REMOVE:
+            if key in item:
+                delattr(item, key)
+        for elem in list(item):
+            if elem.VR == "SQ":
+                for child in elem.value:
+                    clean(child)
+
+    ds.remove_private_tags()
+    clean(ds)
+    for key, value in _DUMMY.items():
+        setattr(ds, key, value)
+    for key in _EMPTY:
+        if key in ds:
+            setattr(ds, key, "")
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = DEIDENTIFICATION_METHOD
+    methods = []
+    for value, meaning in _METHOD_CODES:  # CID 7050, De-identification Method
+        item = Dataset()
+        item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, "DCM", meaning
+        methods.append(item)
+    ds.DeidentificationMethodCodeSequence = methods

@@ -93,3 +93,59 @@ def test_predict_outputs_and_manifest_leave_free_text_out(tmp_path):
         _clean(f.read_text())
     shutil.rmtree(package)
     _files_clean(out)
+
+
+IDENTIFIERS = {
+    "PatientName": "Roe^Jane",
+    "PatientID": "MRN4455",
+    "PatientBirthDate": "19570302",
+    "PatientSex": "F",
+    "PatientAge": "067Y",
+    "AccessionNumber": "ACC98765",
+    "StudyID": "ST4711",
+    "StudyDate": "20240117",
+    "ReferringPhysicianName": "Who^Doctor",
+    "InstitutionName": "Roe Memorial Hospital",
+    "OtherPatientIDs": "ALT-4455",
+}
+
+
+@pytest.mark.parametrize("deidentify", [False, True])
+def test_dicom_seg_copies_the_patient_module_unless_deidentified(tmp_path, deidentify):
+    """By the standard a DICOM-SEG carries its source's patient and study modules (so PACS files it with the
+    study); ``--deidentify`` writes it without them (PS3.15 basic profile) and still references the source."""
+    from packages import make_package
+
+    package = make_package(tmp_path / "pkg", "seg3d")
+    folder = _series(tmp_path / "study", 1)
+    src = dcmread(folder / "s0.dcm")
+    for key, value in IDENTIFIERS.items():
+        setattr(src, key, value)
+    src.add_new(0x00111001, "LO", "private Roe note")  # a private element (group 0011 is odd)
+    src.save_as(folder / "s0.dcm")
+    out = tmp_path / "out"
+    args = ["predict", "-m", str(package), "-i", str(folder), "-o", str(out), "--output-type", "dicom-seg"]
+    result = CliRunner().invoke(app, args + (["--deidentify"] if deidentify else []))
+    assert result.exit_code == 0, result.output
+    seg_file = out / "study_seg.dcm"
+    seg = dcmread(seg_file)
+    ref = seg.ReferencedSeriesSequence[0]
+    assert ref.SeriesInstanceUID == src.SeriesInstanceUID and seg.StudyInstanceUID == src.StudyInstanceUID
+    assert ref.ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
+    assert seg.FrameOfReferenceUID == src.FrameOfReferenceUID
+    raw = seg_file.read_bytes().decode("latin-1")
+    if not deidentify:
+        assert seg.PatientName == "Roe^Jane" and seg.PatientID == "MRN4455"  # what the standard asks for
+        return
+    for key, value in IDENTIFIERS.items():
+        assert len(value) < 3 or value not in raw, f"{key} {value!r} left in the de-identified SEG"
+        assert getattr(seg, key, "") in ("", "Anonymous", "ANONYMOUS"), key
+    _clean(raw)
+    assert seg.PatientName == "Anonymous" and seg.PatientID == "ANONYMOUS" and seg.PatientBirthDate == ""
+    assert seg.PatientIdentityRemoved == "YES" and "Retain UIDs" in seg.DeidentificationMethod
+    codes = [item.CodeValue for item in seg.DeidentificationMethodCodeSequence]
+    assert codes == ["113100", "113110"]
+    assert json.loads((out / "manifest.json").read_text())["options"]["deidentify"] is True
+    import highdicom as hd
+
+    assert hd.seg.Segmentation.from_dataset(seg).number_of_segments >= 1  # still a valid SEG
