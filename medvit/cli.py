@@ -522,6 +522,25 @@ def predict(
     precision: Annotated[
         str, typer.Option("--precision", help="auto (bf16 where the device does it natively), 32 or bf16.")
     ] = "auto",
+    mpp: Annotated[
+        float | None,
+        typer.Option("--mpp", help="Cells: level-0 µm per pixel, for slides and tiles whose metadata has none."),
+    ] = None,
+    roi: Annotated[
+        str | None, typer.Option("--roi", help="Cells: x,y,w,h region of the slide (level-0 pixels).")
+    ] = None,
+    tissue_mask: Annotated[
+        Path | None,
+        typer.Option("--tissue-mask", help="Cells: tissue mask image (non-zero = tissue), instead of detection."),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", help="Cells: post-processing processes (default: CPUs - 1; 0: none)."),
+    ] = None,
+    num_parts: Annotated[
+        int, typer.Option("--num-parts", help="Split a folder's cases into N parts (one per machine or job).")
+    ] = 1,
+    part_id: Annotated[int, typer.Option("--part-id", help="Which part to run, 0 .. num-parts - 1.")] = 0,
 ) -> None:
     """Segment or classify images with a model package; masks land on each input's own grid.
 
@@ -532,6 +551,7 @@ def predict(
     from medvit.errors import ConfigError
     from medvit.inference import Predictor
     from medvit.inference.run import run_predict
+    from medvit.inference.slides import parse_roi
 
     if not input_path.exists():
         from medvit.errors import InputError
@@ -540,6 +560,9 @@ def predict(
     if outdir.exists() and not outdir.is_dir():
         raise ConfigError(f"-o {outdir}: exists and is not a folder")
     spacing_mm = _parse_spacing(spacing)
+    if mpp is not None and not (math.isfinite(mpp) and mpp > 0):
+        raise ConfigError(f"--mpp {mpp}: must be a positive number of micrometres per pixel")
+    region = parse_roi(roi)
     predictor = Predictor(
         model,
         device=device,
@@ -548,6 +571,7 @@ def predict(
         batch_size=batch_size,
         tta=tta,
         progress=not no_progress,
+        workers=workers,
     )
     result = run_predict(
         predictor,
@@ -560,6 +584,11 @@ def predict(
         spacing=spacing_mm,
         resample_uneven=resample_uneven,
         deidentify=deidentify,
+        mpp=mpp,
+        roi=region,
+        tissue_mask=tissue_mask,
+        num_parts=num_parts,
+        part_id=part_id,
         echo=typer.echo,
         echo_error=lambda line: typer.echo(line, err=True),
     )

@@ -148,6 +148,10 @@ class Splits(_Strict):
 
 
 class Preprocessing(_Strict):
+    """What the card says about its images' preprocessing; ``mpp``: micrometres per pixel of pathology images
+    (recorded in the package, so that predict resamples slides to it)."""
+
+    mpp: float | None = Field(None, gt=0)
     spacing: list[float] | None = None
     intensity: str | None = None
     normalisation: str | None = None

@@ -106,7 +106,7 @@ class MedvitDataModule(L.LightningDataModule):
     @property
     def preprocess(self):
         """The deterministic :class:`~medvit.transforms.preprocess.PreprocessSpec` (for the model package)."""
-        return preprocess_spec(self.transforms, spatial_dims=self.spatial_dims)
+        return preprocess_spec(self.transforms, spatial_dims=self.spatial_dims, mpp=self.card.preprocessing.mpp)
 
     # ------------------------------------------------------------------------------------------- datalist
 

@@ -18,13 +18,17 @@ from medvit.io.nifti import is_nifti_name
 from medvit.io.reader import sniff
 
 _STRIP = (".nii.gz", ".nii", ".hdr.gz", ".hdr", ".img.gz", ".img", ".png", ".jpg", ".jpeg", ".tif", ".tiff",
-          ".bmp", ".dcm", ".dicom", ".ima", ".zip")  # fmt: skip
+          ".bmp", ".dcm", ".dicom", ".ima", ".zip", ".svs", ".ndpi", ".mrxs", ".scn", ".svslide", ".bif", ".vms",
+          ".vmu")  # fmt: skip
 _DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+# whole-slide formats that are nothing else (TIFF slides are found as 2D images, which OpenSlide also opens)
+SLIDE_ONLY = (".svs", ".ndpi", ".mrxs", ".scn", ".svslide", ".bif", ".vms", ".vmu")
 
 
 @dataclass(frozen=True)
 class Case:
-    """One input to predict: ``name`` (for its output files), ``path`` and ``kind`` (dicom, nifti, image2d)."""
+    """One input to predict: ``name`` (for its output files), ``path`` and ``kind`` (dicom, nifti, image2d,
+    slide)."""
 
     name: str
     path: Path
@@ -59,6 +63,8 @@ def _kind(path: Path) -> str:
         return "nifti"
     if is_image2d_name(path):
         return "image2d"
+    if path.name.lower().endswith(SLIDE_ONLY):
+        return "slide"
     return "dicom" if _looks_dicom(path) else ""
 
 
@@ -92,7 +98,7 @@ def discover_cases(
         if kind and (entry.is_file() or any(entry.iterdir())):
             cases.append(Case(case_name(entry), entry, kind))
     if not cases:
-        raise InputError(f"{path}: no NIfTI, DICOM or 2D image cases in this folder")
+        raise InputError(f"{path}: no NIfTI, DICOM, 2D image or slide cases in this folder")
     return _unique(cases)
 
 

@@ -65,7 +65,10 @@ def case_record(
         record["error"] = error
     if prediction is not None:
         record["description"] = prediction.input
-        if prediction.class_probabilities is not None:
+        if prediction.task == "cells":
+            record.update(prediction.summary())
+            record["tissue"] = prediction.tissue
+        elif prediction.class_probabilities is not None:
             record["class_probabilities"] = prediction.class_scores()
         else:
             record["volumes_ml"] = prediction.volumes_ml

@@ -8,6 +8,9 @@
 ``<case>_probabilities``  ``--save-probabilities``: ``.nii.gz`` (4D, channels last) for 3D, ``.npz`` for 2D
 ========================  ===========================================================================
 
+Cells packages write ``<case>.geojson``, ``<case>_cells.csv``, ``<case>_instances.tif`` and
+``<case>_types.png`` instead (:mod:`medvit.inference.cell_outputs`).
+
 A case's files are written into a hidden staging folder inside the output folder and moved into place only
 when every one of them is written and checked (:func:`medvit.io.atomic.atomic_files`), so a failure leaves no
 partial output behind; they get the modes of new files under the umask (``0o644`` under ``022``).
@@ -26,11 +29,13 @@ import numpy as np
 
 import medvit.io  # writers looked up at call time (tests replace them)
 from medvit.errors import ConfigError, GeometryError
+from medvit.inference import cell_outputs
 from medvit.inference.predictor import Prediction
+from medvit.inference.slides import CellsPrediction
 from medvit.io.atomic import atomic_files
 from medvit.tasks import get_kind
 
-OUTPUT_TYPES = ("nifti", "dicom-seg", "png", "json")
+OUTPUT_TYPES = ("nifti", "dicom-seg", "png", "geojson", "csv", "instances", "types", "json")
 
 
 def parse_output_types(text: str | None, *, task: str, spatial_dims: int) -> list[str]:
@@ -64,6 +69,10 @@ def output_files(name: str, types: Sequence[str], *, spatial_dims: int, probabil
         "nifti": f"{name}.nii.gz",
         "dicom-seg": f"{name}_seg.dcm",
         "png": f"{name}.png",
+        "geojson": f"{name}.geojson",
+        "csv": f"{name}_cells.csv",
+        "instances": f"{name}_instances.tif",
+        "types": f"{name}_types.png",
     }
     files = {t: names[t] for t in types}
     if probabilities:
@@ -72,13 +81,16 @@ def output_files(name: str, types: Sequence[str], *, spatial_dims: int, probabil
 
 
 def sidecar(pred: Prediction, name: str, files: dict[str, str], model: dict[str, Any]) -> dict[str, Any]:
-    """The ``<case>.json`` content: labels and volumes, or class probabilities; the model it came from."""
+    """The ``<case>.json`` content: labels and volumes, class probabilities, or nuclei counts; the model."""
     out: dict[str, Any] = {
         "case": name,
         "task": pred.task,
         "labels": {str(k): v for k, v in sorted(pred.labels.items())},
     }
-    if pred.class_probabilities is not None:
+    if isinstance(pred, CellsPrediction):
+        out.update(pred.summary())
+        out["outputs"] = sorted(f for t, f in files.items() if t != "json")
+    elif pred.class_probabilities is not None:
         scores = pred.class_scores()
         out["probabilities"] = scores
         out["predicted"] = max(scores, key=scores.get) if scores else None
@@ -106,7 +118,8 @@ def write_outputs(
         GeometryError: A written mask does not have the input's shape and affine.
     """
     outdir = Path(outdir)
-    files = output_files(name, types, spatial_dims=len(pred.grid.spatial_shape), probabilities=probabilities)
+    dims = 2 if isinstance(pred, CellsPrediction) else len(pred.grid.spatial_shape)
+    files = output_files(name, types, spatial_dims=dims, probabilities=probabilities)
     with atomic_files(outdir, files.values(), stage=name) as stage:
         options = {"dicom-seg": {"deidentify": deidentify}}  # what a writer takes beyond the prediction
         for kind, file in files.items():
@@ -159,5 +172,9 @@ _WRITERS = {
     "dicom-seg": _dicom_seg,
     "png": _png,
     "probabilities": _probabilities,
+    "geojson": cell_outputs.write_geojson,
+    "csv": cell_outputs.write_cells_csv,
+    "instances": cell_outputs.write_instances,
+    "types": cell_outputs.write_types,
     "json": lambda pred, path: None,  # written last, once the other files are known
 }

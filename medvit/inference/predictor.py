@@ -19,6 +19,8 @@ import torch
 
 from medvit.device import autocast, precision_name, resolve_device, resolve_precision
 from medvit.errors import ConfigError, InputError, MedvitWarning, one_line
+from medvit.inference import slides
+from medvit.inference.cases import SLIDE_ONLY
 from medvit.inference.layout import channels_last
 from medvit.inference.progress import progress_bar
 from medvit.inference.resample import index_map, labels_on_grid
@@ -101,6 +103,7 @@ class Predictor:
         batch_size: Windows per forward pass (default: the package's ``sw_batch_size``).
         tta: Flip-mirroring test-time augmentation over the package's ``tta_axes``.
         progress: Show a progress bar over the windows of each image.
+        workers: Cells packages: post-processing processes (default: CPUs - 1; 0: in this process).
 
     Example:
         >>> pred = Predictor("my_package").predict(volume)  # numpy [C, I, J, K], identity affine
@@ -118,6 +121,7 @@ class Predictor:
         batch_size: int | None = None,
         tta: bool = False,
         progress: bool = False,
+        workers: int | None = None,
     ) -> None:
         from monai.transforms import Compose  # lazy: import medvit.inference stays free of MONAI
 
@@ -128,7 +132,10 @@ class Predictor:
         self.device, self.device_note = resolve_device(device)
         self.autocast_dtype = resolve_precision(precision, self.device)
         inf = spec.inference
-        self.overlap = inf.overlap if overlap is None else float(overlap)
+        self.cells = spec.kind.prediction == "cells"
+        self.workers = workers
+        default_overlap = slides.DEFAULT_OVERLAP if self.cells else inf.overlap
+        self.overlap = default_overlap if overlap is None else float(overlap)
         if not 0.0 <= self.overlap < 1.0:
             raise ConfigError(f"--overlap {overlap}: must be at least 0 and below 1")
         self.batch_size = inf.sw_batch_size if batch_size is None else int(batch_size)
@@ -177,8 +184,12 @@ class Predictor:
         probabilities: bool = False,
         name: str | None = None,
         resample_uneven: bool = False,
-    ) -> Prediction:
-        """Predict one image.
+        mpp: float | None = None,
+        roi: tuple[int, int, int, int] | None = None,
+        tissue_mask: str | os.PathLike | None = None,
+    ) -> Prediction | slides.CellsPrediction:
+        """Predict one image; with a cells package, the nuclei of one slide or tile
+        (:func:`medvit.inference.slides.predict_cells`).
 
         Args:
             x: A path (DICOM file/folder/zip, NIfTI, 2D image), a MetaTensor from :func:`medvit.io.read_image`,
@@ -191,10 +202,17 @@ class Predictor:
             name: What to call the image in the progress bar.
             resample_uneven: Paths: resample a DICOM series with gaps onto a uniform grid (the mask is written
                 on that grid, and the manifest's description says so) instead of refusing it.
+            mpp: Cells: level-0 micrometres per pixel where the slide gives none (or to override it).
+            roi: Cells: ``(x, y, w, h)`` level-0 pixels to restrict to.
+            tissue_mask: Cells: a tissue mask image instead of tissue detection.
 
         Raises:
             InputError: Unreadable input, wrong dimensionality or channel count for the model (one line).
         """
+        if self.cells:
+            if not isinstance(x, str | os.PathLike):
+                raise InputError(f"cannot predict nuclei on a {type(x).__name__}: give a slide or tile path")
+            return slides.predict_cells(self, x, mpp=mpp, roi=roi, tissue_mask=tissue_mask, workers=self.workers)
         t0 = time.perf_counter()
         image = self._load(x, series=series, spacing=spacing, affine=affine, resample_uneven=resample_uneven)
         grid = InputGrid(
@@ -246,6 +264,8 @@ class Predictor:
         from monai.data import MetaTensor  # lazy: import medvit.inference stays free of MONAI
 
         if isinstance(x, str | os.PathLike):
+            if str(x).lower().endswith(SLIDE_ONLY):
+                raise InputError(f"{x}: a whole-slide image; predict it with a cells (pathology) package")
             return read_image(x, series=series, spacing=spacing, resample_uneven=resample_uneven)
         if isinstance(x, MetaTensor):
             return x

@@ -102,6 +102,11 @@ def run_predict(
     spacing: tuple[float, ...] | None = None,
     resample_uneven: bool = False,
     deidentify: bool = False,
+    mpp: float | None = None,
+    roi: tuple[int, int, int, int] | None = None,
+    tissue_mask: str | os.PathLike | None = None,
+    num_parts: int = 1,
+    part_id: int = 0,
     echo: Callable[[str], None] = print,
     echo_error: Callable[[str], None] = print,
 ) -> RunResult:
@@ -119,6 +124,9 @@ def run_predict(
         resample_uneven: Resample DICOM series with gaps between slices onto a uniform grid (recorded in the
             manifest) instead of refusing them.
         deidentify: Write DICOM outputs de-identified (:func:`medvit.io.dicom_seg.deidentify_dataset`).
+        mpp, roi, tissue_mask: Cells packages: see :func:`medvit.inference.slides.predict_cells`.
+        num_parts, part_id: Run only the cases ``i`` (in name order) with ``i % num_parts == part_id``, so
+            that a scheduler spreads a folder over machines.
         echo: Where per-case lines go.
         echo_error: Where per-case errors go (folder inputs).
 
@@ -128,7 +136,14 @@ def run_predict(
     spec = predictor.spec
     types = parse_output_types(output_type, task=spec.task, spatial_dims=spec.spatial_dims)
     outdir = Path(outdir)
+    if num_parts < 1 or not 0 <= part_id < num_parts:
+        raise ConfigError(f"--part-id {part_id} --num-parts {num_parts}: need 0 <= part-id < num-parts")
+    if spec.kind.prediction != "cells" and (mpp is not None or roi is not None or tissue_mask is not None):
+        raise ConfigError("--mpp, --roi and --tissue-mask are for cells (pathology) packages")
+    if tissue_mask is not None and not Path(tissue_mask).is_file():
+        raise InputError(f"--tissue-mask {tissue_mask}: no such file")
     cases = plan_cases(input_path, outdir, output_types=types, series=series)
+    cases = cases[part_id::num_parts]
     single = Path(input_path).is_file() or len(cases) == 1 and cases[0].path == Path(input_path)
     options = {
         "output_types": types,
@@ -138,12 +153,25 @@ def run_predict(
         "spacing": list(spacing) if spacing else None,
         "resample_uneven": resample_uneven,
         "deidentify": deidentify,
+        "mpp": mpp,
+        "roi": list(roi) if roi else None,
+        "tissue_mask": Path(tissue_mask).name if tissue_mask is not None else None,
+        "part": [part_id, num_parts] if num_parts > 1 else None,
+        "maps_by_default": spec.kind.prediction == "cells" and not output_type,
     }
+    tissue_path = Path(tissue_mask) if tissue_mask is not None else None
     with output_lock(outdir):
-        return _run_cases(predictor, cases, outdir, types, options, single, echo, echo_error)
+        return _run_cases(predictor, cases, outdir, types, options, single, echo, echo_error, tissue_path)
 
 
-def _run_cases(predictor, cases, outdir: Path, types, options, single, echo, echo_error) -> RunResult:
+def _case_types(types: list[str], case, options) -> list[str]:
+    """A cells package writes instance and type maps by default for tiles and regions (not whole slides)."""
+    if options["maps_by_default"] and (case.kind == "image2d" or options["roi"]):
+        return [*types[:-1], "instances", "types", types[-1]]  # json stays last
+    return types
+
+
+def _run_cases(predictor, cases, outdir: Path, types, options, single, echo, echo_error, tissue) -> RunResult:
     spec = predictor.spec
     save_probabilities, skip_existing = options["save_probabilities"], options["skip_existing"]
     series = options["series"]
@@ -154,8 +182,13 @@ def _run_cases(predictor, cases, outdir: Path, types, options, single, echo, ech
     model = {k: v for k, v in model_record(predictor).items() if k in ("uri", "version", "name", "sha256")}
     failed: list[str] = []
     start = time.perf_counter()
+    roi = tuple(options["roi"]) if options["roi"] else None
+    cell_options = {"mpp": options["mpp"], "roi": roi, "tissue_mask": tissue} if predictor.cells else {}
     for case in cases:
-        files = output_files(case.name, types, spatial_dims=spec.spatial_dims, probabilities=save_probabilities)
+        case_types = _case_types(types, case, options)
+        files = output_files(
+            case.name, case_types, spatial_dims=spec.spatial_dims, probabilities=save_probabilities
+        )
         if skip_existing and all((outdir / f).exists() for f in files.values()):
             existing = [outdir / f for f in files.values()]
             manifest["cases"].append(case_record(case.name, case.path, "skipped", outputs=existing))
@@ -170,12 +203,13 @@ def _run_cases(predictor, cases, outdir: Path, types, options, single, echo, ech
                 probabilities=save_probabilities,
                 name=case.name,
                 resample_uneven=options["resample_uneven"],
+                **cell_options,
             )
             written = write_outputs(
                 pred,
                 outdir,
                 case.name,
-                types,
+                case_types,
                 probabilities=save_probabilities,
                 model=model,
                 deidentify=options["deidentify"],
@@ -209,6 +243,11 @@ def _run_cases(predictor, cases, outdir: Path, types, options, single, echo, ech
 
 
 def _summary(pred) -> str:
+    if pred.task == "cells":
+        s = pred.summary()
+        found = ", ".join(f"{k} {v}" for k, v in s["counts"].items() if v) or "none by type"
+        t = s["tiles"]
+        return f"{s['cells']} nuclei ({found}); {t['run']} tiles run, {t['skipped']} without tissue"
     if pred.class_probabilities is not None:
         scores = pred.class_scores()
         best = max(scores, key=scores.get)

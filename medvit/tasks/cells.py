@@ -24,6 +24,8 @@ KIND = TaskKind(
     card_tasks=("instance",),
     monitor="val/mpq",
     smoke_cards={2: "synthetic_cells"},
-    prediction=None,  # tile and whole-slide prediction: issue #15
+    prediction="cells",  # nuclei over slides, regions and tiles: medvit.inference.slides
+    default_outputs={2: ("geojson", "csv")},  # plus instances and types for tiles and --roi regions
+    outputs=("geojson", "csv", "instances", "types", "json"),
     labels_are_outputs=False,  # labels name nuclei types; the head has its own branches
 )

@@ -47,8 +47,8 @@ class TaskKind:
         card_tasks: Data-card ``task`` values (label types) it trains on.
         monitor: Default metric that picks the best checkpoint; ``monitor_mode`` says which way is better.
         smoke_cards: Synthetic card per spatial dimensionality for ``medvit run --smoke``.
-        prediction: What predict returns: a label ``mask`` on the input grid, class ``probabilities``, or
-            ``None`` when predict does not support the kind yet.
+        prediction: What predict returns: a label ``mask`` on the input grid, class ``probabilities``,
+            ``cells`` (nuclei over a slide or tile), or ``None`` when predict does not support the kind yet.
         default_outputs: ``spatial_dims -> output types`` predict writes by default (``json`` always).
         outputs: Output types predict may write for this kind.
         flip_tta: Whether flip-mirroring TTA is meaningful (the package records the spatial axes).
@@ -64,7 +64,7 @@ class TaskKind:
     monitor: str
     smoke_cards: dict[int, str]
     monitor_mode: Literal["max", "min"] = "max"
-    prediction: Literal["mask", "probabilities"] | None = "mask"
+    prediction: Literal["mask", "probabilities", "cells"] | None = "mask"
     default_outputs: dict[int, tuple[str, ...]] = field(default_factory=dict)
     outputs: tuple[str, ...] = ("json",)
     flip_tta: bool = False

@@ -56,6 +56,8 @@ class PreprocessSpec(_Strict):
         mean: Per-channel mean subtracted after ``intensity`` (ImageNet for photographs), or ``None``.
         std: Per-channel std divided by after ``mean``.
         resize: 2D only: resize the whole image to ``[H, W]`` (predict resizes logits back).
+        mpp: 2D pathology: micrometres per pixel the network was trained at (PanNuke: 0.25 at 40x); predict
+            reads slides and tiles at this resolution.
     """
 
     spatial_dims: Literal[2, 3]
@@ -66,6 +68,7 @@ class PreprocessSpec(_Strict):
     mean: list[float] | None = None
     std: list[float] | None = None
     resize: list[int] | None = None
+    mpp: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _check(self) -> PreprocessSpec:

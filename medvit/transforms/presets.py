@@ -146,8 +146,9 @@ def parse_transforms(data: Mapping[str, Any] | TransformsSpec, source: str | Non
         raise ConfigError(line if source else line.removeprefix(": ")) from None
 
 
-def preprocess_spec(spec: TransformsSpec, *, spatial_dims: int) -> PreprocessSpec:
-    """The deterministic preprocessing of a preset (recorded in the model package, replayed by predict)."""
+def preprocess_spec(spec: TransformsSpec, *, spatial_dims: int, mpp: float | None = None) -> PreprocessSpec:
+    """The deterministic preprocessing of a preset (recorded in the model package, replayed by predict);
+    ``mpp``: the training images' micrometres per pixel (pathology), from the data card."""
     spec = spec.resolve(spatial_dims)
     if spec.preset == "ct":
         intensity = Intensity(kind="window", a_min=spec.window[0], a_max=spec.window[1], b_min=0.0, b_max=1.0)
@@ -174,6 +175,7 @@ def preprocess_spec(spec: TransformsSpec, *, spatial_dims: int) -> PreprocessSpe
             mean=mean,
             std=std,
             resize=spec.resize,
+            mpp=mpp if spatial_dims == 2 else None,
         )
     except ValidationError as err:
         raise ConfigError(validation_line(err, "transforms")) from None

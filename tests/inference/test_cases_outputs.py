@@ -58,7 +58,7 @@ def test_discovery_errors(tmp_path):
     with pytest.raises(InputError, match="nope: no such file or directory"):
         discover_cases(tmp_path / "nope")
     (tmp_path / "notes.txt").write_text("x")
-    with pytest.raises(InputError, match="no NIfTI, DICOM or 2D image cases in this folder"):
+    with pytest.raises(InputError, match="no NIfTI, DICOM, 2D image or slide cases in this folder"):
         discover_cases(tmp_path)
 
 

@@ -269,7 +269,7 @@ BAD = {
     "bad overlap": (lambda t, p, f: ["-i", f["nifti"], "--overlap", "1.5"], r"--overlap 1.5: must be at least 0"),
     "bad spacing": (lambda t, p, f: ["-i", f["nifti"], "--spacing", "1,x"], r"--spacing '1,x': expected 2 or 3"),
     "no registry": (lambda t, p, f: ["-i", f["nifti"], "-m", "models:/x@prod"], r"models:/x@prod: cannot resolve"),
-    "empty folder": (lambda t, p, f: ["-i", f["empty"]], r"empty: no NIfTI, DICOM or 2D image cases"),
+    "empty folder": (lambda t, p, f: ["-i", f["empty"]], r"empty: no NIfTI, DICOM, 2D image or slide cases"),
 }
 
 

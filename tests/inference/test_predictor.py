@@ -226,20 +226,6 @@ def test_bad_options(bright_package, tmp_path):
         Predictor(bright_package(tta_axes=[]), tta=True)
 
 
-def test_cells_packages_are_refused(tmp_path):
-    from medvit.package import ModelPackage, PackageSpec
-
-    spec = PackageSpec.model_validate(
-        dict(
-            name="cells", task="cells", labels={0: "bg", 1: "nucleus"},
-            model=dict(backbone=dict(name="vit_tiny_patch16"), head=dict(name="cellvta"), num_classes=2),
-            preprocessing=dict(spatial_dims=2, in_channels=3),
-        )
-    )  # fmt: skip
-    with pytest.raises(InputError, match="'cells' packages are not supported by predict yet"):
-        Predictor(ModelPackage(spec=spec, path=tmp_path, sha256="0"))
-
-
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only message")
 def test_device_and_precision_resolution():
     device, note = resolve_device("auto")
