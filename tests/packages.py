@@ -67,11 +67,36 @@ SPECS = {
         preprocessing=PHOTO,
         inference=dict(mode="whole"),
     ),
+    "cells": dict(
+        name="tiny_cells",
+        task="cells",
+        labels={0: "background", 1: "large_nucleus", 2: "small_nucleus", 3: "pale_nucleus"},
+        model=dict(
+            backbone=dict(
+                name="vit_tiny_patch16", img_size=[128, 128], options=dict(embed_dim=32, depth=4, num_heads=2)
+            ),
+            head=dict(
+                name="cellvta",
+                options=dict(num_tissues=0, deform_heads=2, deform_points=2, spm_width=8, decoder_width=8),
+            ),
+            num_classes=4,
+        ),
+        preprocessing=dict(
+            spatial_dims=2,
+            in_channels=3,
+            intensity=dict(kind="scale", scale=255),
+            mean=[0.5],
+            std=[0.5],
+            resize=[128, 128],
+            mpp=0.5,
+        ),
+        inference=dict(mode="whole"),
+    ),
 }
 
 
 def make_package(folder: str | Path, kind: str = "seg3d", *, seed: int = 0, model=None) -> Path:
-    """Write a tiny package of ``kind`` (``seg3d``, ``seg2d``, ``cls2d``) with random (seeded) weights,
+    """Write a tiny package of ``kind`` (``seg3d``, ``seg2d``, ``cls2d``, ``cells``) with random (seeded) weights,
     or with ``model``'s weights when given."""
     spec = PackageSpec.model_validate(SPECS[kind])
     if model is None:

@@ -72,7 +72,7 @@ def case_record(
             record["class_probabilities"] = prediction.class_scores()
         else:
             record["volumes_ml"] = prediction.volumes_ml
-        if prediction.windows:
+        if getattr(prediction, "windows", None):
             record["windows"] = prediction.windows
         record["timing_s"] = {k: round(v, 3) for k, v in prediction.timing.items()}
     if outputs is not None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from medvit.errors import ConfigError, InputError, MedvitError, one_line
+from medvit.inference import slides
 from medvit.inference.cases import Case, discover_cases
 from medvit.inference.manifest import case_record, finish, model_record, new_manifest, write_manifest
 from medvit.inference.outputs import output_files, parse_output_types, write_outputs
@@ -166,7 +167,7 @@ def run_predict(
 
 def _case_types(types: list[str], case, options) -> list[str]:
     """A cells package writes instance and type maps by default for tiles and regions (not whole slides)."""
-    if options["maps_by_default"] and (case.kind == "image2d" or options["roi"]):
+    if options["maps_by_default"] and (options["roi"] or case.kind == "image2d" and slides.is_tile(case.path)):
         return [*types[:-1], "instances", "types", types[-1]]  # json stays last
     return types
 

@@ -28,9 +28,11 @@ import torch
 
 from medvit.device import autocast, cpu_count
 from medvit.errors import ConfigError, InputError
+from medvit.inference.cases import SLIDE_ONLY
 from medvit.postprocess.tiles import TileGrid, TileNuclei, tile_nuclei
 
 DEFAULT_OVERLAP = 0.25  # of the tile: 64 px on CellVTA's 256 px tiles, more than a nucleus' diameter at 40x
+TWIN_DISTANCE = 3.0  # model pixels: two tiles' centroids this close are one nucleus (nuclei are >= 8 px across)
 MAP_LIMIT = 16384 * 16384  # instance maps (tiles, regions) up to this many level-0 pixels
 # type colours (RGB) by label value, for QuPath and the type map preview
 PALETTE = [(0, 0, 0), (255, 0, 0), (34, 139, 34), (30, 144, 255), (255, 165, 0), (148, 0, 211), (0, 206, 209),
@@ -118,6 +120,21 @@ class CellsPrediction:
             "type_prob": np.round(self.type_probs, 4).tolist(),
             "area_um2": np.round(self.areas_um2, 3).tolist(),
         }
+
+
+def is_tile(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a plain tile (PNG, JPEG, an untiled TIFF) rather than a whole-slide image."""
+    name = str(path).lower()
+    if name.endswith(SLIDE_ONLY):
+        return False
+    if not name.endswith((".tif", ".tiff")):
+        return True
+    import openslide  # lazy: OpenSlide for slides only
+
+    try:
+        return openslide.OpenSlide.detect_format(str(path)) is None
+    except Exception:  # noqa: BLE001 - unreadable: predict reports it; here it only picks default outputs
+        return True
 
 
 def parse_roi(text: str | None) -> tuple[int, int, int, int] | None:
@@ -346,8 +363,45 @@ def _infer(predictor, images: np.ndarray, mean: torch.Tensor, std: torch.Tensor)
     return [(binary[i], hv[i], types[i]) for i in range(len(images))]
 
 
+def _drop_twins(found: list[TileNuclei]) -> list[TileNuclei]:
+    """Two tiles may each see a nucleus on their shared core edge a pixel differently (post-processing
+    normalises each tile on its own), so that each puts the centroid in its own core: of two nuclei from
+    different tiles whose centroids are closer than :data:`TWIN_DISTANCE` (no two real nuclei are), keep the
+    larger."""
+    from scipy.spatial import cKDTree  # lazy: SciPy, as the post-processing
+
+    sizes = [len(f) for f in found]
+    if sum(sizes) < 2:
+        return found
+    cents = np.concatenate([f.centroids for f in found if len(f)])
+    areas = np.concatenate([f.areas for f in found if len(f)])
+    tile_of = np.repeat(np.arange(len(found)), sizes)
+    drop = set()
+    for a, b in sorted(cKDTree(cents).query_pairs(TWIN_DISTANCE)):
+        if tile_of[a] != tile_of[b] and a not in drop and b not in drop:
+            drop.add(b if areas[a] >= areas[b] else a)
+    if not drop:
+        return found
+    out, start = [], 0
+    for f, n in zip(found, sizes, strict=True):
+        keep = [i for i in range(n) if start + i not in drop]
+        start += n
+        out.append(
+            TileNuclei(
+                centroids=f.centroids[keep],
+                types=f.types[keep],
+                type_probs=f.type_probs[keep],
+                areas=f.areas[keep],
+                contours=[f.contours[i] for i in keep],
+                masks=None if f.masks is None else [f.masks[i] for i in keep],
+            )
+        )
+    return out
+
+
 def _assemble(found, labels, region, scale, mpp0, grid, want_maps) -> CellsPrediction:
     """The tiles' nuclei in level-0 coordinates (and the instance map of tiles and regions)."""
+    found = _drop_twins(found)
     rx, ry, rw, rh = region
     offset = np.array([rx, ry], dtype=np.float64)
     cents = [f.centroids for f in found if len(f)]

@@ -63,13 +63,14 @@ class TileGrid:
         return col * self.stride, row * self.stride
 
     def core(self, col: int, row: int) -> tuple[int, int, int, int]:
-        """``(x0, y0, x1, y1)`` of a tile's core (half-open; the last column and row reach the canvas end)."""
+        """``(x0, y0, x1, y1)`` of a tile's core (half-open; the last column and row end at the canvas end:
+        what a tile sees beyond the canvas (the rest of the slide around a region) is nobody's)."""
         x, y = self.origin(col, row)
         half = self.overlap // 2
         x0 = x + half if col > 0 else 0
         y0 = y + half if row > 0 else 0
-        x1 = x + self.tile - half if col < self.cols - 1 else max(self.width, x + self.tile)
-        y1 = y + self.tile - half if row < self.rows - 1 else max(self.height, y + self.tile)
+        x1 = x + self.tile - half if col < self.cols - 1 else self.width
+        y1 = y + self.tile - half if row < self.rows - 1 else self.height
         return x0, y0, x1, y1
 
     def owner(self, x: float, y: float) -> tuple[int, int]:
@@ -181,6 +182,8 @@ def tile_nuclei(
 def _reports(grid: TileGrid, me, centroid, box, cut: bool) -> bool:
     """Whether tile ``me`` reports a nucleus it sees with ``centroid`` and bounding ``box`` (canvas
     coordinates; ``cut``: it touches one of this tile's edges that has a neighbour)."""
+    if not (0 <= centroid[0] < grid.width and 0 <= centroid[1] < grid.height):
+        return False  # beyond the canvas: outside the region asked for
     owner = grid.owner(*centroid)
     holders = grid.holders(*box)
     if cut:  # seen cut here: reported here only when no tile sees it whole and this one owns it
