@@ -273,3 +273,27 @@ def test_a_segmentation_package_on_a_slide_and_slide_options_on_it(tmp_path, bad
     one_line_exit_2(_predict("-m", seg, "-i", svs, "-o", tmp_path / "o1"), "predict it with a cells")
     one_line_exit_2(_predict("-m", seg, "-i", bad_inputs["bare"], "-o", tmp_path / "o2", "--mpp", 0.5), "--mpp")
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
+def test_a_real_pathology_photograph_as_a_tile(package, tmp_path):
+    """scikit-image's immunohistochemistry photograph (512 x 512, no resolution in the file): refused without
+    --mpp, read as a tile with it; the real tiny network runs over its tiles and every output is well formed."""
+    from pathlib import Path
+
+    import skimage
+
+    photo = Path(skimage.__file__).parent / "data" / "ihc.png"
+    out = tmp_path / "out"
+    one_line_exit_2(_predict("-m", package, "-i", photo, "-o", out), "no resolution", "--mpp")
+    assert not out.exists()
+    result = _predict("-m", package, "-i", photo, "-o", out, "--mpp", "0.5", "--workers", "0")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == [
+        "ihc.geojson", "ihc.json", "ihc_cells.csv", "ihc_instances.tif", "ihc_types.png", "manifest.json"
+    ]  # fmt: skip
+    case = json.loads((out / "manifest.json").read_text())["cases"][0]
+    assert case["tiles"]["total"] == 25 and case["tissue"]["source"] == "all"  # a tile: no tissue detection
+    assert case["description"]["backend"] == "image" and case["description"]["mpp_source"] == "option"
+    inst = __import__("tifffile").imread(out / "ihc_instances.tif")
+    assert inst.shape == (512, 512) and inst.max() == case["cells"]
+    assert len(json.loads((out / "ihc.geojson").read_text())["features"]) == case["cells"]
