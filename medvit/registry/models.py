@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import time
 from typing import Any
 
 from medvit.errors import InputError
@@ -39,6 +41,23 @@ def model_version(client, name: str, version: str, *, subject: str):
         raise
 
 
+_CONFLICT = re.compile(r"UniqueViolation|duplicate key|UNIQUE constraint failed|IntegrityError", re.IGNORECASE)
+
+
+def point_alias(client, name: str, alias: str, version: str | int, *, attempts: int = 5) -> None:
+    """``client.set_registered_model_alias``, again when another process created the same new alias at the
+    same moment (MLflow's store inserts a new alias row, and the second insert violates its key; the retry
+    finds the row and updates it)."""
+    for attempt in range(attempts):
+        try:
+            client.set_registered_model_alias(name, alias, str(version))
+            return
+        except registry_errors() as exc:
+            if attempt == attempts - 1 or not _CONFLICT.search(str(exc)):
+                raise
+            time.sleep(0.05 * (attempt + 1))
+
+
 def set_alias(name: str, alias: str, version: str | int, *, tracking_uri: str | None = None) -> dict[str, Any]:
     """Point ``alias`` of registered model ``name`` at ``version`` (moving it if set elsewhere).
 
@@ -57,7 +76,7 @@ def set_alias(name: str, alias: str, version: str | int, *, tracking_uri: str | 
         rm = registered_model(client, name, subject=f"models:/{name}")
         model_version(client, name, version, subject=f"models:/{name}/{version}")
         previous = (rm.aliases or {}).get(alias)
-        client.set_registered_model_alias(name, alias, version)
+        point_alias(client, name, alias, version)
     return {
         "name": name,
         "alias": alias,

@@ -9,6 +9,7 @@ from typing import Any
 
 from medvit.errors import InputError
 from medvit.registry import flavor
+from medvit.registry.models import point_alias
 from medvit.registry.session import (
     display_uri,
     error_code,
@@ -83,7 +84,7 @@ def _register(client, pkg, *, name, alias, run_id, extra, uri) -> dict[str, Any]
         name, source=f"models:/{model_id}", run_id=run_id, tags=version_tags, model_id=model_id
     )
     if alias is not None:
-        client.set_registered_model_alias(name, alias, mv.version)
+        point_alias(client, name, alias, mv.version)
     return {
         "name": name,
         "version": str(mv.version),

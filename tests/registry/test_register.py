@@ -212,3 +212,30 @@ def test_registry_experiment_created_meanwhile_by_another_process(package_factor
     client.get_experiment_by_name = stale
     assert register._registry_experiment(client, tracking_uri) == won
     assert len(calls) == 2
+
+
+def test_a_new_alias_set_by_two_processes_at_once_is_retried():
+    """Two processes setting a new alias at once: the store's second insert violates the alias key (seen
+    against PostgreSQL); the retry finds the row and updates it. Other errors are not retried."""
+    from mlflow.exceptions import MlflowException
+
+    from medvit.registry.models import point_alias
+
+    class Client:
+        def __init__(self, errors):
+            self.errors, self.calls = list(errors), 0
+
+        def set_registered_model_alias(self, name, alias, version):
+            self.calls += 1
+            if self.errors:
+                raise self.errors.pop(0)
+
+    conflict = MlflowException("(psycopg2.errors.UniqueViolation) duplicate key value violates unique constraint")
+    client = Client([conflict])
+    point_alias(client, "m", "champion", 3)
+    assert client.calls == 2
+    other = MlflowException("RESOURCE_DOES_NOT_EXIST: no version 3")
+    with pytest.raises(MlflowException, match="no version 3"):
+        point_alias(Client([other]), "m", "champion", 3)
+    with pytest.raises(MlflowException, match="UniqueViolation"):
+        point_alias(Client([conflict] * 5), "m", "champion", 3)
