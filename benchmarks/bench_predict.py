@@ -12,17 +12,20 @@ process so that memory figures are independent:
 
 * **MONAI fp32**: read and preprocess (not timed), then ``sliding_window_inference`` (Gaussian, same window,
   overlap and windows per batch) timed alone; peak RSS read right after it.
-* **medvit**: ``Predictor(...).predict(path)`` and the NIfTI written: read, preprocess, sliding window,
-  inversion to the input grid, write, all timed; peak RSS at the end. Precision ``auto`` by default (bf16
-  autocast where the CPU or GPU does bf16 natively).
+* **MONAI bf16**: the same under ``torch.autocast`` in bf16, a second reference.
+* **medvit**, once per engine (``--engines``; default torch fp32, torch bf16, onnxruntime fp32 and openvino
+  fp32 when OpenVINO is installed): ``Predictor(..., engine=...).predict(path)`` and the NIfTI written: read,
+  preprocess, sliding window, inversion to the input grid, write, all timed; peak RSS at the end. The ONNX
+  export the runtime engines use is made once before the timed runs (``$MEDVIT_CACHE`` in the work folder).
 
-It prints the times (minimum and median over ``--repeat`` runs, the runs alternating), medvit / MONAI, peak
-RSS of each (and above the process's RSS once torch, MONAI and the model were loaded), the Dice of medvit's
-mask against MONAI's fp32 mask (taken back to the input grid with MONAI's ``Invertd``) and, for the synthetic
-volume, both masks' Dice against the truth.
+It prints the times (minimum and median over ``--repeat`` runs, the runs interleaved: every variant once per
+round), each over MONAI fp32 and bf16, peak RSS of each (and above the process's RSS once torch, MONAI and the
+model were loaded), the Dice of each medvit mask against MONAI's fp32 mask (taken back to the input grid with
+MONAI's ``Invertd``) and, for the synthetic volume, the masks' Dice against the truth.
 
     python benchmarks/bench_predict.py --package runs/quickstart/<run>/package [--threads 2] [--json out.json]
     python benchmarks/bench_predict.py --shape 128 128 80   # random weights, a quick look
+    python benchmarks/bench_predict.py --engines torch:bf16,onnxruntime --repeat 3
 
 Targets (issue #6): medvit's whole predict at most 0.5x MONAI's fp32 inference alone, Dice >= 0.99,
 peak memory at most 1.2x MONAI's. Not a test: run it by hand on the machine you care about.
@@ -161,17 +164,19 @@ def child_monai(cfg: dict) -> dict:
     torch.set_num_threads(cfg["threads"])
     package = load_package(cfg["package"])
     net = package.build()
+    amp = cfg.get("precision") == "bf16"
     inf = package.spec.inference
     transform = Compose(preprocess_transforms(package.spec.preprocessing))
     base = _rss_mb()
     pre = transform({"image": read_image(cfg["volume"])})["image"]
     x = pre.as_tensor()[None]
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
         t0 = time.perf_counter()
         logits = sliding_window_inference(
             x, inf.roi_size, inf.sw_batch_size, net, overlap=inf.overlap, mode="gaussian"
         )
         seconds = time.perf_counter() - t0
+    logits = logits.float()
     peak = _peak_rss_mb()
     if cfg.get("mask"):  # not timed: the fp32 mask on the input grid, through MONAI's own inversion
         probs = MetaTensor(logits[0].softmax(0), meta=dict(pre.meta))
@@ -192,7 +197,11 @@ def child_medvit(cfg: dict) -> dict:
     torch.set_num_threads(cfg["threads"])
     t0 = time.perf_counter()
     predictor = Predictor(
-        cfg["package"], device=cfg["device"], precision=cfg["precision"], batch_size=cfg["batch"]
+        cfg["package"],
+        device=cfg["device"],
+        precision=cfg["precision"],
+        batch_size=cfg["batch"],
+        engine=cfg.get("engine", "torch"),
     )
     load = time.perf_counter() - t0
     base = _rss_mb()
@@ -211,6 +220,7 @@ def child_medvit(cfg: dict) -> dict:
             "write_s": round(time.perf_counter() - t1, 2),
         },
         "precision": predictor.precision,
+        "engine": predictor.engine,
         "windows": pred.windows,
         "device": str(predictor.device),
     }
@@ -284,10 +294,19 @@ def main() -> None:
     parser.add_argument(
         "--medvit-batch-size", type=int, default=None, help="medvit's own (default: the package's)"
     )
-    parser.add_argument("--precision", default="auto", help="medvit precision: auto, 32 or bf16")
+    parser.add_argument(
+        "--engines",
+        default=None,
+        help="medvit variants, comma-separated ENGINE[:PRECISION] (default torch:32,torch:bf16,onnxruntime and "
+        "openvino when installed; runtime engines compute in float32)",
+    )
+    parser.add_argument(
+        "--precision", default=None, help="the former single medvit run: torch at auto, 32 or bf16 (no --engines)"
+    )
+    parser.add_argument("--no-monai-bf16", action="store_true", help="leave out the MONAI bf16 reference")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads in both (default: torch's)")
-    parser.add_argument("--repeat", type=int, default=1, help="alternating runs of each")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of runs, every variant once per round")
     parser.add_argument(
         "--volume",
         choices=["synthetic", "ood"],
@@ -343,46 +362,68 @@ def main() -> None:
         f"at {spec.preprocessing.spacing} mm, window {'x'.join(map(str, inf.roi_size))}, overlap {inf.overlap}, "
         f"batch {inf.sw_batch_size}, repeat {args.repeat}"
     )
-    runs: dict[str, list[dict]] = {"monai": [], "medvit": []}
+    variants = medvit_variants(args)
+    os.environ["MEDVIT_CACHE"] = str(work / "cache")  # the children's export cache, made once below
+    if any(engine != "torch" for engine, _ in variants.values()):
+        from medvit.export import cached_export
+
+        t0 = time.perf_counter()
+        cached_export(load_package(package))
+        print(f"  ONNX export for the runtime engines: {time.perf_counter() - t0:.1f} s (once, not timed below)")
+    monai = {"MONAI fp32": "32"} if args.no_monai_bf16 else {"MONAI fp32": "32", "MONAI bf16": "bf16"}
+    runs: dict[str, list[dict]] = {name: [] for name in [*monai, *variants]}
     for i in range(args.repeat):
-        runs["monai"].append(run_child("monai", {**cfg, "mask": str(work / "monai_mask.npy") if i == 0 else None}))
-        print(f"  MONAI fp32 run {i + 1}: {runs['monai'][-1]['seconds']:.1f} s", flush=True)
-        medvit_cfg = {**cfg, "device": args.device, "precision": args.precision, "out": str(work / "out"),
-                      "batch": args.medvit_batch_size}  # fmt: skip
-        runs["medvit"].append(run_child("medvit", medvit_cfg))
-        print(
-            f"  medvit run {i + 1}: {runs['medvit'][-1]['seconds']:.1f} s {runs['medvit'][-1]['stages_s']}",
-            flush=True,
-        )
+        for name, precision in monai.items():
+            mask = str(work / "monai_mask.npy") if i == 0 and precision == "32" else None
+            runs[name].append(run_child("monai", {**cfg, "precision": precision, "mask": mask}))
+            print(f"  {name} run {i + 1}: {runs[name][-1]['seconds']:.1f} s", flush=True)
+        for name, (engine, precision) in variants.items():
+            out = work / "out" / name.replace(" ", "_")
+            medvit_cfg = {**cfg, "device": args.device, "precision": precision, "engine": engine, "out": str(out),
+                          "batch": args.medvit_batch_size}  # fmt: skip
+            runs[name].append(run_child("medvit", medvit_cfg))
+            print(
+                f"  {name} run {i + 1}: {runs[name][-1]['seconds']:.1f} s {runs[name][-1]['stages_s']}", flush=True
+            )
 
     import nibabel as nib
 
-    ours = np.asarray(nib.load(str(work / "out" / "case.nii.gz")).dataobj)
     ref = np.load(work / "monai_mask.npy")
-    dices = {label: dice(ours, ref, label) for label in (1, 2)}
+    masks = {
+        name: np.asarray(nib.load(str(work / "out" / name.replace(" ", "_") / "case.nii.gz")).dataobj)
+        for name in variants
+    }
+    dices = {name: {label: dice(mask, ref, label) for label in (1, 2)} for name, mask in masks.items()}
     t = {k: (min(r["seconds"] for r in v), statistics.median(r["seconds"] for r in v)) for k, v in runs.items()}
     peak = {k: max(r["peak_mb"] for r in v) for k, v in runs.items()}
     base = {k: min(r["base_mb"] for r in v) for k, v in runs.items()}
-    ratio = t["medvit"][0] / t["monai"][0]
-    mem_ratio = peak["medvit"] / peak["monai"]
-    m = runs["medvit"][0]
-    print(f"{'':<34} {'min s':>8} {'median s':>9} {'peak RSS MB':>12} {'above loaded MB':>16}")
-    print(f"{'MONAI sliding_window_inference fp32':<34} {t['monai'][0]:>8.1f} {t['monai'][1]:>9.1f} "
-          f"{peak['monai']:>12.0f} {peak['monai'] - base['monai']:>16.0f}")  # fmt: skip
-    name = f"medvit predict ({m['precision']}, file to file)"
-    print(f"{name:<34} {t['medvit'][0]:>8.1f} {t['medvit'][1]:>9.1f} "
-          f"{peak['medvit']:>12.0f} {peak['medvit'] - base['medvit']:>16.0f}")  # fmt: skip
-    print(f"medvit / MONAI time: {ratio:.2f} (target <= 0.50: {'met' if ratio <= 0.5 else 'NOT met'})")
+    fp32 = t["MONAI fp32"][0]
+    bf16 = t["MONAI bf16"][0] if "MONAI bf16" in t else float("nan")
     print(
-        f"medvit / MONAI peak memory: {mem_ratio:.2f} (target <= 1.20: {'met' if mem_ratio <= 1.2 else 'NOT met'})"
+        f"{'':<42} {'min s':>7} {'median s':>8} {'/MONAI fp32':>11} {'/MONAI bf16':>11} {'peak RSS MB':>11} "
+        f"{'above loaded':>12}  Dice vs MONAI fp32 (1, 2)"
     )
-    dice_text = ", ".join(f"label {k} {v:.4f}" for k, v in dices.items())
-    met = "met" if min(dices.values()) >= 0.99 else "NOT met"
-    print(f"Dice medvit vs MONAI fp32 mask: {dice_text} (target >= 0.99: {met})")
+    rows = {
+        **{f"{k} sliding_window_inference": k for k in monai},
+        **{f"medvit {k} (file to file)": k for k in variants},
+    }
+    for label, name in rows.items():
+        d = dices.get(name)
+        dice_text = f"{d[1]:.4f}, {d[2]:.4f}" if d else "(reference)" if name == "MONAI fp32" else ""
+        print(
+            f"{label:<42} {t[name][0]:>7.1f} {t[name][1]:>8.1f} "
+            f"{t[name][0] / fp32:>11.2f} {t[name][0] / bf16:>11.2f} "
+            f"{peak[name]:>11.0f} {peak[name] - base[name]:>12.0f}  {dice_text}"
+        )
+    met = [name for name in variants if t[name][0] / fp32 <= 0.5 and min(dices[name].values()) >= 0.99
+           and peak[name] / peak["MONAI fp32"] <= 1.2]  # fmt: skip
+    print(f"targets (issue #6: time <= 0.50x MONAI fp32, Dice >= 0.99, peak memory <= 1.2x) met by: "
+          f"{', '.join(met) or 'none'}")  # fmt: skip
+    m = runs[next(iter(variants))][0]
     w = m["windows"] or {}
     print(f"medvit windows: {w.get('windows')}, constant ones run once: {w.get('reused')} (reused, not run again)")
-    print(f"medvit model load {m['load_s']:.1f} s (not in the time above); voxels labelled 1/2: "
-          f"{int((ours == 1).sum())}/{int((ours == 2).sum())} of {ours.size}")  # fmt: skip
+    loads = ", ".join(f"{k} {runs[k][0]['load_s']:.1f} s" for k in variants)
+    print(f"medvit model load (not in the times above): {loads}")
     if args.device == "cpu":
         torch.set_num_threads(threads)
         ceiling = conv_ceiling(package, inf.sw_batch_size)
@@ -390,12 +431,38 @@ def main() -> None:
         print(f"the network's convolutions alone, over fp32 NCDHW (the ceiling here): {text}")
     if truth is not None:  # how good the model is on this case: near-ties are rarer where it is sure
         quality = ", ".join(
-            f"label {k} {dice(ref, truth, k):.3f} (fp32) / {dice(ours, truth, k):.3f} (medvit)" for k in (1, 2)
+            f"{name} {dice(mask, truth, 1):.3f}/{dice(mask, truth, 2):.3f}" for name, mask in masks.items()
         )
-        print(f"Dice against the case's ground truth: {quality}")
+        print(f"Dice against the case's ground truth (labels 1/2): MONAI fp32 {dice(ref, truth, 1):.3f}/"
+              f"{dice(ref, truth, 2):.3f}, {quality}")  # fmt: skip
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "runs": runs, "dice": dices, "ratio": ratio,
-                                               "memory_ratio": mem_ratio}, indent=2))  # fmt: skip
+        ratios = {k: t[k][0] / fp32 for k in runs}
+        Path(args.json).write_text(json.dumps({"args": vars(args), "runs": runs, "dice": dices, "ratio": ratios},
+                                              indent=2))  # fmt: skip
+
+
+def medvit_variants(args) -> dict[str, tuple[str, str]]:
+    """``name -> (engine, precision)`` of the medvit runs: ``--engines``, else ``--precision`` (the former single
+    torch run), else torch fp32, torch bf16, onnxruntime and openvino when installed."""
+    if args.engines:
+        specs = [item.strip() for item in args.engines.split(",") if item.strip()]
+    elif args.precision:
+        specs = [f"torch:{args.precision}"]
+    else:
+        specs = ["torch:32", "torch:bf16", "onnxruntime"]
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            print("  openvino is not installed: no OpenVINO run (pip install 'medvit[openvino]')")
+        else:
+            specs.append("openvino")
+    out = {}
+    for item in specs:
+        engine, _, precision = item.partition(":")
+        precision = precision or ("auto" if engine in ("torch", "auto") else "32")
+        shown = {"32": "fp32"}.get(precision, precision)
+        out[f"{engine} {shown}"] = (engine, precision)
+    return out
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ _LAZY = {
     "write_nifti": "medvit.io",
     "write_png": "medvit.io",
     "write_dicom_seg": "medvit.io",
+    "write_rtstruct": "medvit.io",
     "create_backbone": "medvit.backbones",
     "list_backbones": "medvit.backbones",
     "load_package": "medvit.package",

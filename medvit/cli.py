@@ -497,8 +497,10 @@ def predict(
         str | None,
         typer.Option(
             "--output-type",
-            help="Comma-separated nifti,dicom-seg,png,json (default: nifti for 3D, png for 2D, json for classes); "
-            "a <case>.json with labels and volumes is always written.",
+            help="Comma-separated nifti,dicom-seg,rtstruct,png,preview,json (default: nifti for 3D, png for 2D, "
+            "json for classes); dicom-seg and rtstruct (RT Structure Set) need DICOM inputs; preview is a PNG "
+            "of the mask over the image (three planes for 3D). A <case>.json with labels, volumes and per-label "
+            "statistics is always written, and OUT/statistics.csv for segmentations.",
         ),
     ] = None,
     save_probabilities: Annotated[
@@ -514,8 +516,9 @@ def predict(
         bool,
         typer.Option(
             "--deidentify",
-            help="Write DICOM-SEG without the patient's name, ID, birth date, study dates, accession number, "
-            "physicians, institution or free text (PS3.15 basic profile; UIDs kept to reference the source).",
+            help="Write DICOM-SEG and RTSTRUCT without the patient's name, ID, birth date, study dates, accession "
+            "number, physicians, institution or free text (PS3.15 basic profile; UIDs kept to reference the "
+            "source).",
         ),
     ] = False,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
@@ -541,6 +544,14 @@ def predict(
         int, typer.Option("--num-parts", help="Split a folder's cases into N parts (one per machine or job).")
     ] = 1,
     part_id: Annotated[int, typer.Option("--part-id", help="Which part to run, 0 .. num-parts - 1.")] = 0,
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine",
+            help="Where the network runs: torch, onnxruntime or openvino (the package exported to ONNX once, "
+            "cached; float32), or auto (torch or onnxruntime, whichever is faster here with the same logits).",
+        ),
+    ] = "torch",
 ) -> None:
     """Segment or classify images with a model package; masks land on each input's own grid.
 
@@ -572,7 +583,10 @@ def predict(
         tta=tta,
         progress=not no_progress,
         workers=workers,
+        engine=engine,
     )
+    if predictor.engine_note:
+        typer.echo(predictor.engine_note)
     result = run_predict(
         predictor,
         input_path,
@@ -597,6 +611,43 @@ def predict(
     if result.failed:
         typer.echo(f"error: {len(result.failed)} case(s) failed: {', '.join(result.failed)}", err=True)
         raise typer.Exit(1)
+
+
+@app.command("export")
+@handle_errors
+def export_cmd(
+    model: Annotated[str, typer.Argument(help="Model package folder, run folder or .ckpt, or models:/NAME@ALIAS")],
+    outdir: Annotated[Path, typer.Option("-o", "--output", help="Folder to create for the export.")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="onnx, openvino or torchscript.")] = "onnx",
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset (onnx and openvino).")] = 18,
+    verify: Annotated[
+        bool, typer.Option("--verify/--no-verify", help="Run the export and compare with PyTorch (float32).")
+    ] = True,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a folder that holds files.")] = False,
+) -> None:
+    """Export a package's network (float32, LoRA merged) for ONNX Runtime, OpenVINO, Triton or TorchScript.
+
+    OUTDIR gets the network (model.onnx; model.xml/.bin; model.pt) with a dynamic batch axis and the package's
+    window size, the package's medvit.yaml (preprocessing, labels) and export.json (input/output names, shapes,
+    dtypes, opset, medvit version, package sha256, the check against PyTorch).
+    """
+    from medvit.export import export_package
+    from medvit.inference.source import resolve_model
+
+    package, _ = resolve_model(model)
+    done = export_package(package, fmt, outdir, opset=opset, verify=verify, overwrite=overwrite)
+    rec = done.record
+    inp, out = rec["input"], rec["output"]
+    typer.echo(
+        f"wrote {done.file} ({rec['format']}): {inp['name']} {inp['shape']} {inp['dtype']} -> "
+        f"{out['name']} {out['shape']} {out['dtype']}"
+    )
+    check = rec.get("verification")
+    if check:
+        typer.echo(
+            f"verified in {check['runtime']} against PyTorch float32: max abs diff {check['max_abs_diff']:.3g} "
+            f"(relative {check['max_rel_diff']:.3g})"
+        )
 
 
 def main() -> None:

@@ -4,10 +4,16 @@
 ``<case>.json``           always: label names, per-label volumes (mL), or class probabilities
 ``<case>.nii.gz``         ``nifti``: the label mask on the input grid (shape and affine checked after writing)
 ``<case>_seg.dcm``        ``dicom-seg``: a DICOM Segmentation referencing the source series (DICOM inputs)
-``<case>.png``            ``png``: the label mask of a 2D segmentation (label values as pixel values)
+``<case>_rtstruct.dcm``   ``rtstruct``: an RT Structure Set, one ROI per label found, contours per slice in
+                          patient coordinates, referencing the source series (DICOM inputs;
+                          :func:`medvit.io.rtstruct.write_rtstruct`)
+``<case>.png``            ``png``: the label mask of a 2D segmentation, a palette PNG (pixel values are the
+                          labels, shown in colour)
+``<case>_preview.png``    ``preview``: the mask over the image, three planes for 3D (:mod:`.preview`)
 ``<case>_probabilities``  ``--save-probabilities``: ``.nii.gz`` (4D, channels last) for 3D, ``.npz`` for 2D
 ========================  ===========================================================================
 
+A segmentation's ``<case>.json`` also holds its ``statistics`` (:mod:`medvit.inference.statistics`).
 Cells packages write ``<case>.geojson``, ``<case>_cells.csv``, ``<case>_instances.tif`` and
 ``<case>_types.png`` instead (:mod:`medvit.inference.cell_outputs`).
 
@@ -29,13 +35,24 @@ import numpy as np
 
 import medvit.io  # writers looked up at call time (tests replace them)
 from medvit.errors import ConfigError, GeometryError
-from medvit.inference import cell_outputs
+from medvit.inference import cell_outputs, preview
 from medvit.inference.predictor import Prediction
 from medvit.inference.slides import CellsPrediction
 from medvit.io.atomic import atomic_files
 from medvit.tasks import get_kind
 
-OUTPUT_TYPES = ("nifti", "dicom-seg", "png", "geojson", "csv", "instances", "types", "json")
+OUTPUT_TYPES = (
+    "nifti",
+    "dicom-seg",
+    "rtstruct",
+    "png",
+    "preview",
+    "geojson",
+    "csv",
+    "instances",
+    "types",
+    "json",
+)
 
 
 def parse_output_types(text: str | None, *, task: str, spatial_dims: int) -> list[str]:
@@ -68,7 +85,9 @@ def output_files(name: str, types: Sequence[str], *, spatial_dims: int, probabil
         "json": f"{name}.json",
         "nifti": f"{name}.nii.gz",
         "dicom-seg": f"{name}_seg.dcm",
+        "rtstruct": f"{name}_rtstruct.dcm",
         "png": f"{name}.png",
+        "preview": f"{name}_preview.png",
         "geojson": f"{name}.geojson",
         "csv": f"{name}_cells.csv",
         "instances": f"{name}_instances.tif",
@@ -96,6 +115,8 @@ def sidecar(pred: Prediction, name: str, files: dict[str, str], model: dict[str,
         out["predicted"] = max(scores, key=scores.get) if scores else None
     else:
         out["volumes_ml"] = pred.volumes_ml
+        if pred.statistics is not None:
+            out["statistics"] = pred.statistics
         out["outputs"] = sorted(f for t, f in files.items() if t != "json")
     out["model"] = model
     return out
@@ -121,7 +142,8 @@ def write_outputs(
     dims = 2 if isinstance(pred, CellsPrediction) else len(pred.grid.spatial_shape)
     files = output_files(name, types, spatial_dims=dims, probabilities=probabilities)
     with atomic_files(outdir, files.values(), stage=name) as stage:
-        options = {"dicom-seg": {"deidentify": deidentify}}  # what a writer takes beyond the prediction
+        # what a writer takes beyond the prediction
+        options = {"dicom-seg": {"deidentify": deidentify}, "rtstruct": {"deidentify": deidentify}}
         for kind, file in files.items():
             _WRITERS[kind](pred, stage / file, **options.get(kind, {}))
         if "json" in files:
@@ -152,9 +174,15 @@ def _dicom_seg(pred: Prediction, path: Path, *, deidentify: bool = False) -> Non
     medvit.io.write_dicom_seg(pred.mask, pred.grid, path, label_names=names, deidentify=deidentify)
 
 
+def _rtstruct(pred: Prediction, path: Path, *, deidentify: bool = False) -> None:
+    background = min(pred.labels)
+    names = {k: v for k, v in pred.labels.items() if k != background}
+    medvit.io.write_rtstruct(pred.mask, pred.grid, path, label_names=names, deidentify=deidentify)
+
+
 def _png(pred: Prediction, path: Path) -> None:
     mask = pred.mask[..., 0] if pred.mask.ndim == 3 else pred.mask
-    medvit.io.write_png(mask, path)
+    medvit.io.write_png(mask, path, palette=True)
 
 
 def _probabilities(pred: Prediction, path: Path) -> None:
@@ -170,7 +198,9 @@ def _probabilities(pred: Prediction, path: Path) -> None:
 _WRITERS = {
     "nifti": _nifti,
     "dicom-seg": _dicom_seg,
+    "rtstruct": _rtstruct,
     "png": _png,
+    "preview": preview.write_preview,
     "probabilities": _probabilities,
     "geojson": cell_outputs.write_geojson,
     "csv": cell_outputs.write_cells_csv,

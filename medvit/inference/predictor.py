@@ -21,14 +21,16 @@ from medvit.device import autocast, precision_name, resolve_device, resolve_prec
 from medvit.errors import ConfigError, InputError, MedvitWarning, one_line
 from medvit.inference import slides
 from medvit.inference.cases import SLIDE_ONLY
+from medvit.inference.engines import select_engine
 from medvit.inference.layout import channels_last
 from medvit.inference.progress import progress_bar
 from medvit.inference.resample import index_map, labels_on_grid
 from medvit.inference.sliding import sliding_window_with_fallback
 from medvit.inference.source import resolve_model
+from medvit.inference.statistics import segmentation_statistics
 from medvit.inference.tta import with_flip_tta
 from medvit.io import describe, read_image
-from medvit.io.meta import make_image
+from medvit.io.meta import make_image, to_numpy
 from medvit.transforms import preprocess_transforms
 from medvit.transforms.preprocess import CHANNEL_FITS
 
@@ -65,6 +67,12 @@ class Prediction:
         windows: Sliding window: ``windows`` (in all) and ``reused`` (constant windows run only once).
         input: Non-identifying facts about the input (:func:`medvit.io.describe`).
         timing: Seconds spent reading, preprocessing, inferring and inverting.
+        statistics: Segmentation, when asked for: per-label sizes, intensities in the input's units and world
+            positions (:func:`medvit.inference.statistics.segmentation_statistics`).
+        image: Segmentation with ``keep_image``: the input intensities as read, ``[C, *grid.spatial_shape]``
+            (the read array itself, not a copy), for previews.
+        window: Segmentation: the intensity range (input units) the package maps to its network input (its
+            HU window ``a_min``..``a_max``, or ``0``..``scale``), for displays; ``None`` when it normalises.
     """
 
     task: str
@@ -77,6 +85,9 @@ class Prediction:
     windows: dict[str, int] | None = None
     input: dict[str, Any] = field(default_factory=dict)
     timing: dict[str, float] = field(default_factory=dict)
+    statistics: dict[str, Any] | None = None
+    image: np.ndarray | None = None
+    window: tuple[float, float] | None = None
 
     @property
     def affine(self) -> np.ndarray:
@@ -104,6 +115,9 @@ class Predictor:
         tta: Flip-mirroring test-time augmentation over the package's ``tta_axes``.
         progress: Show a progress bar over the windows of each image.
         workers: Cells packages: post-processing processes (default: CPUs - 1; 0: in this process).
+        engine: Where the network runs: ``torch``, ``onnxruntime`` or ``openvino`` (the package's ONNX export,
+            made once into ``$MEDVIT_CACHE/exports/``; float32), or ``auto`` (torch or ONNX Runtime, whichever
+            runs a batch of windows faster with the same logits); see :mod:`medvit.inference.engines`.
 
     Example:
         >>> pred = Predictor("my_package").predict(volume)  # numpy [C, I, J, K], identity affine
@@ -122,6 +136,7 @@ class Predictor:
         tta: bool = False,
         progress: bool = False,
         workers: int | None = None,
+        engine: str = "torch",
     ) -> None:
         from monai.transforms import Compose  # lazy: import medvit.inference stays free of MONAI
 
@@ -153,6 +168,10 @@ class Predictor:
         # channels-last convolutions on the CPU (oneDNN's fast layout); CUDA keeps the layout it was built with
         self._layout = channels_last(self.network, spec.spatial_dims) if self.device.type == "cpu" else None
         self._transforms = Compose(preprocess_transforms(spec.preprocessing))
+        # the network call: torch (None) or an exported network in a runtime, which computes in float32
+        self.engine, self._runtime, self.engine_note = select_engine(self, engine, precision)
+        if self._runtime is not None:
+            self.autocast_dtype = None
 
     # -- options, for manifests -------------------------------------------------------------------------
     @property
@@ -160,11 +179,12 @@ class Predictor:
         return precision_name(self.autocast_dtype)
 
     def options(self) -> dict[str, Any]:
-        """The settings in force: device, precision, window overlap and batch, TTA axes."""
+        """The settings in force: device, precision, engine, window overlap and batch, TTA axes."""
         inf = self.spec.inference
         return {
             "device": str(self.device),
             "precision": self.precision,
+            "engine": self.engine,
             "mode": inf.mode,
             "roi_size": inf.roi_size,
             "overlap": self.overlap,
@@ -187,6 +207,8 @@ class Predictor:
         mpp: float | None = None,
         roi: tuple[int, int, int, int] | None = None,
         tissue_mask: str | os.PathLike | None = None,
+        statistics: bool = False,
+        keep_image: bool = False,
     ) -> Prediction | slides.CellsPrediction:
         """Predict one image; with a cells package, the nuclei of one slide or tile
         (:func:`medvit.inference.slides.predict_cells`).
@@ -205,6 +227,10 @@ class Predictor:
             mpp: Cells: level-0 micrometres per pixel where the slide gives none (or to override it).
             roi: Cells: ``(x, y, w, h)`` level-0 pixels to restrict to.
             tissue_mask: Cells: a tissue mask image instead of tissue detection.
+            statistics: Segmentation: also compute per-label statistics (``Prediction.statistics``); the read
+                image is held until the mask is ready.
+            keep_image: Segmentation: keep the read image on the prediction (``Prediction.image``), for
+                previews.
 
         Raises:
             InputError: Unreadable input, wrong dimensionality or channel count for the model (one line).
@@ -221,8 +247,13 @@ class Predictor:
             {k: image.meta[k] for k in _GRID_META if k in image.meta},
         )
         facts = describe(image)
+        # intensities: for 3D statistics (2D ones count pixels) and previews
+        keep = self.spec.kind.prediction == "mask" and (keep_image or statistics and len(grid.spatial_shape) == 3)
+        intensities = to_numpy(image)[0] if keep else None  # the read array itself: no copy
         work, squeezed = self._fit(image)
         del image
+        if keep or not isinstance(x, str | os.PathLike):  # the caller's array, or the one kept, stays as it is
+            work = _private(work, intensities if keep else to_numpy(x)[0])
         timing = {"read_s": time.perf_counter() - t0}
 
         t = time.perf_counter()
@@ -257,6 +288,19 @@ class Predictor:
         result.mask, result.probabilities = mask, kept
         result.volumes_ml = self._volumes(mask, grid)
         timing["invert_s"] = time.perf_counter() - t
+        result.window = _display_window(spec.preprocessing.intensity)
+        if statistics:
+            t = time.perf_counter()
+            result.statistics = segmentation_statistics(
+                mask,
+                intensities,
+                grid.affine,
+                result.labels,
+                spacing_known=bool(grid.meta.get("spacing_known", True)),
+                modality=grid.meta.get("modality"),
+            )
+            timing["statistics_s"] = time.perf_counter() - t
+        result.image = intensities if keep_image else None
         timing["total_s"] = time.perf_counter() - t0
         return result
 
@@ -306,6 +350,8 @@ class Predictor:
             raise InputError(f"{src}: preprocessing failed ({one_line(cause, 200)})") from None
 
     def _logits(self, batch: torch.Tensor) -> torch.Tensor:
+        if self._runtime is not None:
+            return self._runtime(batch)
         if self._layout is not None:
             batch = batch.contiguous(memory_format=self._layout)
         with autocast(self.device, self.autocast_dtype):
@@ -364,6 +410,24 @@ class Predictor:
         voxel_ml = abs(float(np.linalg.det(grid.affine[:3, :3]))) / 1000.0
         counts = np.bincount(mask.ravel(), minlength=max(self.values) + 1)
         return {self.spec.labels[v]: round(float(counts[v]) * voxel_ml, 4) for v in self.values[1:]}
+
+
+def _private(work, source: np.ndarray):
+    """``work`` cloned when it is float32 and may share memory with ``source``: the package's normalisation
+    runs in place on float32 data (MONAI's NormalizeIntensity), which would change the caller's array or the
+    image kept for statistics. Other dtypes are copied by the cast to float32 anyway."""
+    if work.dtype == torch.float32 and np.may_share_memory(to_numpy(work)[0], source):
+        return work.clone()
+    return work
+
+
+def _display_window(intensity) -> tuple[float, float] | None:
+    """The input range the package maps to its network input, for displays (``None``: it normalises)."""
+    if intensity.kind == "window":
+        return (float(intensity.a_min), float(intensity.a_max))
+    if intensity.kind == "scale":
+        return (0.0, float(intensity.scale))
+    return None
 
 
 def _softmax_(x: torch.Tensor) -> torch.Tensor:

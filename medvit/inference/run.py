@@ -22,6 +22,7 @@ from medvit.inference import slides
 from medvit.inference.cases import Case, discover_cases
 from medvit.inference.manifest import case_record, finish, model_record, new_manifest, write_manifest
 from medvit.inference.outputs import output_files, parse_output_types, write_outputs
+from medvit.inference.statistics import sidecar_rows, statistics_rows, write_statistics_csv
 from medvit.io.atomic import file_lock, remove_stale_staging
 
 LOCK = ".medvit-predict.lock"
@@ -74,7 +75,8 @@ def plan_cases(
 
     Raises:
         InputError: No input, or a folder with no cases.
-        ConfigError: DICOM-SEG asked for an input that is not DICOM, or an output would overwrite an input.
+        ConfigError: DICOM-SEG or RTSTRUCT asked for an input that is not DICOM, or an output would overwrite
+            an input.
     """
     cases = discover_cases(input_path, series=series, exclude=[Path(outdir)])
     inputs = {case.path.resolve() for case in cases}
@@ -82,12 +84,11 @@ def plan_cases(
         for file in output_files(case.name, output_types, spatial_dims=3, probabilities=False).values():
             if (Path(outdir) / file).resolve() in inputs:
                 raise ConfigError(f"-o {outdir}: {file} would overwrite an input; choose another output folder")
-    if "dicom-seg" in output_types:
-        for case in cases:
-            if case.kind != "dicom":
-                raise ConfigError(
-                    f"--output-type dicom-seg: {case.path} is not a DICOM input (DICOM-SEG needs one)"
-                )
+    for kind, what in (("dicom-seg", "DICOM-SEG"), ("rtstruct", "RTSTRUCT")):
+        if kind in output_types:
+            for case in cases:
+                if case.kind != "dicom":
+                    raise ConfigError(f"--output-type {kind}: {case.path} is not a DICOM input ({what} needs one)")
     return cases
 
 
@@ -117,7 +118,8 @@ def run_predict(
         predictor: A :class:`~medvit.inference.Predictor`.
         input_path: A file or folder (see :func:`~medvit.inference.cases.discover_cases`).
         outdir: Output folder (created).
-        output_type: Comma-separated ``nifti,dicom-seg,png,json`` (default by task and dimensions).
+        output_type: Comma-separated ``nifti,dicom-seg,rtstruct,png,preview,json`` (default by task and
+            dimensions). Segmentations also get ``outdir/statistics.csv`` (one row per case and label).
         save_probabilities: Also write the probabilities on the input grid.
         skip_existing: Leave cases whose outputs all exist.
         series: DICOM series UID (or unique prefix) to read.
@@ -182,6 +184,8 @@ def _run_cases(predictor, cases, outdir: Path, types, options, single, echo, ech
     manifest = new_manifest(predictor, options)
     model = {k: v for k, v in model_record(predictor).items() if k in ("uri", "version", "name", "sha256")}
     failed: list[str] = []
+    segments = spec.kind.prediction == "mask"  # statistics for every case; the image kept for previews
+    stat_rows: list[dict] = []  # statistics.csv, written with the manifest
     start = time.perf_counter()
     roi = tuple(options["roi"]) if options["roi"] else None
     cell_options = {"mpp": options["mpp"], "roi": roi, "tissue_mask": tissue} if predictor.cells else {}
@@ -193,6 +197,7 @@ def _run_cases(predictor, cases, outdir: Path, types, options, single, echo, ech
         if skip_existing and all((outdir / f).exists() for f in files.values()):
             existing = [outdir / f for f in files.values()]
             manifest["cases"].append(case_record(case.name, case.path, "skipped", outputs=existing))
+            stat_rows.extend(sidecar_rows(case.name, outdir / files["json"]))
             echo(f"{case.name}: skipped (outputs exist)")
             continue
         t0 = time.perf_counter()
@@ -205,6 +210,7 @@ def _run_cases(predictor, cases, outdir: Path, types, options, single, echo, ech
                 name=case.name,
                 resample_uneven=options["resample_uneven"],
                 **cell_options,
+                **({"statistics": True, "keep_image": "preview" in case_types} if segments else {}),
             )
             written = write_outputs(
                 pred,
@@ -234,11 +240,14 @@ def _run_cases(predictor, cases, outdir: Path, types, options, single, echo, ech
             echo_error(f"error: {case.name}: {message} (skipped)")
             continue
         seconds = time.perf_counter() - t0
+        stat_rows.extend(statistics_rows(case.name, getattr(pred, "statistics", None)))
         manifest["cases"].append(
             case_record(case.name, case.path, "ok", prediction=pred, outputs=written, seconds=seconds)
         )
         echo(f"{case.name}: {_summary(pred)} -> {', '.join(p.name for p in written)} ({seconds:.1f} s)")
     finish(manifest, time.perf_counter() - start)
+    if segments:
+        write_statistics_csv(stat_rows, outdir, spatial_dims=spec.spatial_dims)
     path = write_manifest(manifest, outdir)
     return RunResult(manifest=manifest, manifest_path=path, failed=failed)
 

@@ -9,6 +9,7 @@ from medvit.io.dicom_seg import write_dicom_seg
 from medvit.io.image2d import read_image2d, write_png
 from medvit.io.nifti import read_nifti, write_nifti
 from medvit.io.reader import describe, read_image, sniff
+from medvit.io.rtstruct import write_rtstruct
 
 __all__ = [
     "describe",
@@ -21,4 +22,5 @@ __all__ = [
     "write_dicom_seg",
     "write_nifti",
     "write_png",
+    "write_rtstruct",
 ]

@@ -7,14 +7,19 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from PIL.PngImagePlugin import PngInfo
 
 from medvit.errors import InputError, MedvitWarning, one_line
 from medvit.io.atomic import atomic_path
 from medvit.io.geometry import pad_affine_2d
 from medvit.io.limits import check_declared
 from medvit.io.meta import make_image, to_numpy
+from medvit.io.palette import png_palette
 
 IMAGE2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+# a PNG text chunk saying the palette indices are label values (written by write_png(palette=True))
+LABEL_MAP_KEY, LABEL_MAP = "medvit", "label map"
 
 # PIL mode -> the mode we convert to before taking the array (None: keep)
 _CONVERT = {"P": "RGB", "PA": "RGB", "CMYK": "RGB", "YCbCr": "RGB", "LA": "L", "1": "L", "RGBA": "RGB"}
@@ -43,8 +48,8 @@ def read_image2d(path: str | Path):
             mode = img.mode
             if mode == "RGBA":
                 warnings.warn(f"{path.name}: alpha channel dropped", MedvitWarning, stacklevel=2)
-            if mode in _CONVERT:
-                img = img.convert(_CONVERT[mode])
+            if mode in _CONVERT and not (mode == "P" and img.info.get(LABEL_MAP_KEY) == LABEL_MAP):
+                img = img.convert(_CONVERT[mode])  # a medvit label map keeps its indices: they are the labels
             data = np.asarray(img)
     except UnidentifiedImageError:
         raise InputError(f"{path}: not a readable 2D image (unrecognised content)") from None
@@ -73,10 +78,18 @@ def read_image2d(path: str | Path):
     )
 
 
-def write_png(mask, path: str | Path) -> Path:
+def write_png(mask, path: str | Path, *, palette: bool = False) -> Path:
     """Write a 2D label mask (``[H, W]`` or ``[1, H, W]``) or RGB image (``[3, H, W]``) to PNG, atomically.
 
     Integer labels 0-255 are written as 8-bit, up to 65535 as 16-bit; other values are an error.
+
+    Args:
+        mask: The labels or RGB pixels.
+        path: A ``.png`` path.
+        palette: Labels 0-255 as a palette ("P") PNG: the pixel values (indices) are the labels, and the
+            palette shows them in :func:`medvit.io.palette.label_colour` (0 black) in any viewer. PIL and
+            :func:`read_image` read back the labels; readers that expand palettes (OpenCV, imageio) get the
+            colours. Labels above 255 are written as 16-bit grey values instead.
     """
     path = Path(path)
     if path.suffix.lower() != ".png":
@@ -98,5 +111,12 @@ def write_png(mask, path: str | Path) -> Path:
         raise InputError(f"{path}: RGB PNG values must be 0..255")
     data = data.astype(np.uint16 if wide else np.uint8)
     with atomic_path(path) as tmp:
-        Image.fromarray(data).save(tmp, format="PNG")
+        if palette and data.ndim == 2 and not wide:
+            img = Image.fromarray(data)
+            img.putpalette(png_palette())  # an "L" image becomes "P" with its values as the indices
+            info = PngInfo()
+            info.add_text(LABEL_MAP_KEY, LABEL_MAP)
+            img.save(tmp, format="PNG", pnginfo=info)
+        else:
+            Image.fromarray(data).save(tmp, format="PNG")
     return path

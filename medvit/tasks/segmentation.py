@@ -25,6 +25,6 @@ KIND = TaskKind(
     smoke_cards={2: "synthetic_fundus", 3: "synthetic_ct"},
     prediction="mask",
     default_outputs={2: ("png",), 3: ("nifti",)},
-    outputs=("nifti", "dicom-seg", "png", "json"),
+    outputs=("nifti", "dicom-seg", "rtstruct", "png", "preview", "json"),
     flip_tta=True,
 )

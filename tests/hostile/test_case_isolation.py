@@ -105,7 +105,7 @@ def test_staging_left_by_a_killed_predict_is_removed(package, tmp_path):
     result = _predict(package, _ct(tmp_path / "ct.nii.gz"), out)
     assert result.exit_code == 0, result.output
     assert not stale.exists() and outside.exists()
-    assert sorted(p.name for p in out.iterdir()) == ["ct.json", "ct.nii.gz", "manifest.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["ct.json", "ct.nii.gz", "manifest.json", "statistics.csv"]
 
 
 def test_an_output_folder_that_cannot_be_written_is_found_before_any_work(package, tmp_path):

@@ -64,7 +64,8 @@ def test_nifti_in_nifti_out_on_the_input_grid(tmp_path, bright_package):
     assert case["status"] == "ok" and case["outputs"] == ["case1.nii.gz", "case1.json"]
     assert case["description"]["shape"] == [1, 24, 22, 16] and case["volumes_ml"] == sidecar["volumes_ml"]
     assert set(case["timing_s"]) >= {"read_s", "preprocess_s", "infer_s", "invert_s"}
-    assert sorted(p.name for p in out.iterdir()) == ["case1.json", "case1.nii.gz", "manifest.json"]
+    written = ["case1.json", "case1.nii.gz", "manifest.json", "statistics.csv"]
+    assert sorted(p.name for p in out.iterdir()) == written
 
 
 def test_dicom_series_to_nifti_and_dicom_seg(tmp_path, ct_series, bright_package):
@@ -198,7 +199,8 @@ def test_folder_reports_bad_cases_and_predicts_the_rest(tmp_path, ct_series, bri
     assert "error: 2 case(s) failed: broken, photo" in result.stderr
     assert "Traceback" not in result.output
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["good.json", "good.nii.gz", "manifest.json", "series1.json", "series1.nii.gz"]
+    cases_written = ["good.json", "good.nii.gz", "series1.json", "series1.nii.gz"]
+    assert names == sorted([*cases_written, "manifest.json", "statistics.csv"])
     manifest = json.loads((out / "manifest.json").read_text())
     status = {c["case"]: c["status"] for c in manifest["cases"]}
     assert status == {"broken": "failed", "good": "ok", "photo": "failed", "series1": "ok"}
