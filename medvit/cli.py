@@ -479,7 +479,14 @@ def models_alias(
 @handle_errors
 def predict(
     input_path: Annotated[
-        Path, typer.Option("-i", "--input", help="NIfTI, DICOM file/folder/zip, 2D image, or a folder of these.")
+        str,
+        typer.Option(
+            "-i",
+            "--input",
+            help="NIfTI, DICOM file/folder/zip, 2D image, or a folder of these; or a DICOMweb study or series URL "
+            "(http(s)://HOST/.../studies/UID[/series/UID]; credentials from MEDVIT_DICOMWEB_USER and "
+            "MEDVIT_DICOMWEB_PASSWORD, MEDVIT_DICOMWEB_TOKEN or netrc, never in the URL).",
+        ),
     ],
     outdir: Annotated[Path, typer.Option("-o", "--output", help="Output folder (created).")],
     model: Annotated[
@@ -544,6 +551,14 @@ def predict(
         int, typer.Option("--num-parts", help="Split a folder's cases into N parts (one per machine or job).")
     ] = 1,
     part_id: Annotated[int, typer.Option("--part-id", help="Which part to run, 0 .. num-parts - 1.")] = 0,
+    stow: Annotated[
+        str | None,
+        typer.Option(
+            "--stow",
+            help="DICOMweb root (http(s)://HOST/.../dicom-web) to send each case's DICOM-SEG and RTSTRUCT to with "
+            "STOW-RS, one request per case (credentials as for -i).",
+        ),
+    ] = None,
     engine: Annotated[
         str,
         typer.Option(
@@ -563,11 +578,18 @@ def predict(
     from medvit.inference import Predictor
     from medvit.inference.run import run_predict
     from medvit.inference.slides import parse_roi
+    from medvit.io.dicomweb import is_dicomweb_url, parse_dicomweb_url, stow_root
 
-    if not input_path.exists():
+    if is_dicomweb_url(input_path):  # refused before the model loads: credentials in it, not a study or series
+        parse_dicomweb_url(input_path)
+    elif not Path(input_path).exists():
         from medvit.errors import InputError
 
         raise InputError(f"{input_path}: no such file or directory")
+    else:
+        input_path = Path(input_path)
+    if stow is not None:
+        stow_root(stow)
     if outdir.exists() and not outdir.is_dir():
         raise ConfigError(f"-o {outdir}: exists and is not a folder")
     spacing_mm = _parse_spacing(spacing)
@@ -603,6 +625,7 @@ def predict(
         tissue_mask=tissue_mask,
         num_parts=num_parts,
         part_id=part_id,
+        stow=stow,
         echo=typer.echo,
         echo_error=lambda line: typer.echo(line, err=True),
     )

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medvit.errors import InputError
+from medvit.io.dicomweb import is_dicomweb_url, list_series
 from medvit.io.image2d import is_image2d_name
 from medvit.io.nifti import is_nifti_name
 from medvit.io.reader import sniff
@@ -33,6 +34,7 @@ class Case:
     name: str
     path: Path
     kind: str
+    url: str | None = None  # a DICOMweb series: downloaded just before it is read (``path`` is then its name)
 
 
 def case_name(path: Path) -> str:
@@ -74,13 +76,16 @@ def discover_cases(
     """The cases under ``path`` in name order, with unique names.
 
     Args:
-        path: A file or folder.
+        path: A file or folder, or a DICOMweb study or series URL (:mod:`medvit.io.dicomweb`).
         series: A DICOM series was picked: a folder is then one DICOM case.
         exclude: Folders to leave out (the output folder, when it sits inside the input folder).
 
     Raises:
         InputError: ``path`` does not exist, or a folder holds no case.
     """
+    if is_dicomweb_url(path):  # a study (one case per image series) or one series, named by series UID
+        found = list_series(str(path), series=series)
+        return [Case(s.series, Path(s.series), "dicom", url=s.url) for s in found]
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or directory")

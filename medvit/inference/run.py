@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -23,6 +25,7 @@ from medvit.inference.cases import Case, discover_cases
 from medvit.inference.manifest import case_record, finish, model_record, new_manifest, write_manifest
 from medvit.inference.outputs import output_files, parse_output_types, write_outputs
 from medvit.inference.statistics import sidecar_rows, statistics_rows, write_statistics_csv
+from medvit.io import dicomweb
 from medvit.io.atomic import file_lock, remove_stale_staging
 
 LOCK = ".medvit-predict.lock"
@@ -109,6 +112,7 @@ def run_predict(
     tissue_mask: str | os.PathLike | None = None,
     num_parts: int = 1,
     part_id: int = 0,
+    stow: str | None = None,
     echo: Callable[[str], None] = print,
     echo_error: Callable[[str], None] = print,
 ) -> RunResult:
@@ -116,7 +120,8 @@ def run_predict(
 
     Args:
         predictor: A :class:`~medvit.inference.Predictor`.
-        input_path: A file or folder (see :func:`~medvit.inference.cases.discover_cases`).
+        input_path: A file or folder (see :func:`~medvit.inference.cases.discover_cases`), or a DICOMweb study
+            or series URL (each series downloaded into a private temporary folder just before it is read).
         outdir: Output folder (created).
         output_type: Comma-separated ``nifti,dicom-seg,rtstruct,png,preview,json`` (default by task and
             dimensions). Segmentations also get ``outdir/statistics.csv`` (one row per case and label).
@@ -130,6 +135,8 @@ def run_predict(
         mpp, roi, tissue_mask: Cells packages: see :func:`medvit.inference.slides.predict_cells`.
         num_parts, part_id: Run only the cases ``i`` (in name order) with ``i % num_parts == part_id``, so
             that a scheduler spreads a folder over machines.
+        stow: A DICOMweb root: each case's DICOM outputs are sent there in one STOW-RS request once written
+            (a case whose objects the server refuses fails, and its outputs are removed).
         echo: Where per-case lines go.
         echo_error: Where per-case errors go (folder inputs).
 
@@ -145,9 +152,15 @@ def run_predict(
         raise ConfigError("--mpp, --roi and --tissue-mask are for cells (pathology) packages")
     if tissue_mask is not None and not Path(tissue_mask).is_file():
         raise InputError(f"--tissue-mask {tissue_mask}: no such file")
+    if stow is not None:
+        stow = dicomweb.stow_root(stow)
+        if not {"dicom-seg", "rtstruct"} & set(types):
+            raise ConfigError("--stow: sends DICOM outputs; add dicom-seg and/or rtstruct to --output-type")
     cases = plan_cases(input_path, outdir, output_types=types, series=series)
     cases = cases[part_id::num_parts]
     single = Path(input_path).is_file() or len(cases) == 1 and cases[0].path == Path(input_path)
+    if dicomweb.is_dicomweb_url(input_path):  # a series URL (or --series) is one case, a study a folder
+        single = series is not None or dicomweb.parse_dicomweb_url(str(input_path)).series is not None
     options = {
         "output_types": types,
         "save_probabilities": save_probabilities,
@@ -161,6 +174,7 @@ def run_predict(
         "tissue_mask": Path(tissue_mask).name if tissue_mask is not None else None,
         "part": [part_id, num_parts] if num_parts > 1 else None,
         "maps_by_default": spec.kind.prediction == "cells" and not output_type,
+        "stow": stow,
     }
     tissue_path = Path(tissue_mask) if tissue_mask is not None else None
     with output_lock(outdir):
@@ -196,14 +210,18 @@ def _run_cases(predictor, cases, outdir: Path, types, options, single, echo, ech
         )
         if skip_existing and all((outdir / f).exists() for f in files.values()):
             existing = [outdir / f for f in files.values()]
-            manifest["cases"].append(case_record(case.name, case.path, "skipped", outputs=existing))
+            manifest["cases"].append(case_record(case.name, case.url or case.path, "skipped", outputs=existing))
             stat_rows.extend(sidecar_rows(case.name, outdir / files["json"]))
             echo(f"{case.name}: skipped (outputs exist)")
             continue
         t0 = time.perf_counter()
+        scratch = None  # a DICOMweb series: downloaded into a private folder, removed after the case
         try:
+            if case.url:
+                scratch = Path(tempfile.mkdtemp(prefix="medvit-dicomweb-"))
+                dicomweb.download_series(case.url, scratch)
             pred = predictor.predict(
-                case.path,
+                scratch or case.path,
                 series=series,
                 spacing=spacing,
                 probabilities=save_probabilities,
@@ -221,6 +239,7 @@ def _run_cases(predictor, cases, outdir: Path, types, options, single, echo, ech
                 model=model,
                 deidentify=options["deidentify"],
             )
+            stored = _stow(options["stow"], written)
         except Exception as exc:  # noqa: BLE001 - each case is isolated; KeyboardInterrupt still stops the run
             expected = isinstance(exc, MedvitError | OSError)
             if single and isinstance(exc, MedvitError):
@@ -236,20 +255,40 @@ def _run_cases(predictor, cases, outdir: Path, types, options, single, echo, ech
                     log.write(f"--- {case.name}\n{''.join(traceback.format_exception(exc))}")
                 message = f"unexpected {type(exc).__name__}: {message} (traceback in {outdir / ERROR_LOG})"
             failed.append(case.name)
-            manifest["cases"].append(case_record(case.name, case.path, "failed", error=message))
+            manifest["cases"].append(case_record(case.name, case.url or case.path, "failed", error=message))
             echo_error(f"error: {case.name}: {message} (skipped)")
             continue
+        finally:
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
         seconds = time.perf_counter() - t0
         stat_rows.extend(statistics_rows(case.name, getattr(pred, "statistics", None)))
-        manifest["cases"].append(
-            case_record(case.name, case.path, "ok", prediction=pred, outputs=written, seconds=seconds)
+        record = case_record(
+            case.name, case.url or case.path, "ok", prediction=pred, outputs=written, seconds=seconds
         )
+        manifest["cases"].append({**record, "stow": stored} if stored else record)
         echo(f"{case.name}: {_summary(pred)} -> {', '.join(p.name for p in written)} ({seconds:.1f} s)")
+        if stored:
+            echo(f"{case.name}: stored {stored['stored']} object(s) at {stored['url']} (HTTP {stored['status']})")
     finish(manifest, time.perf_counter() - start)
     if segments:
         write_statistics_csv(stat_rows, outdir, spatial_dims=spec.spatial_dims)
     path = write_manifest(manifest, outdir)
     return RunResult(manifest=manifest, manifest_path=path, failed=failed)
+
+
+def _stow(url: str | None, written: list[Path]) -> dict | None:
+    """Send a case's DICOM outputs to ``url`` in one STOW-RS request; if the server refuses them, the case's
+    outputs are removed (a failed case leaves none) and the one-line error raised."""
+    if not url:
+        return None
+    try:
+        return dicomweb.stow(url, [p for p in written if p.name.endswith(("_seg.dcm", "_rtstruct.dcm"))])
+    except Exception:
+        for path in written:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        raise
 
 
 def _summary(pred) -> str:
