@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml setup.py
 	$(BIN)/python -m pip install --quiet -e .
 	touch $(STAMP)
 
-# plus the test-only packages of the dev extra (pytest, ruff, transformers, SimpleITK, psycopg2)
+# plus the test-only packages of the dev extra (pytest, ruff, transformers, SimpleITK, psycopg2, shapely, openvino)
 $(DEV_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(DEV_STAMP)
