@@ -16,8 +16,10 @@ the glass 244, nuclei 45-110), one instance per ``scipy.ndimage.label`` componen
 logits (+-8) like the real head's.
 
 Each pipeline runs in its own child process (``--_run medvit|reference|network``) so that peak memory is its
-own: the peak RSS of the child's main process (VmHWM) and the peak of the sum over it and its descendants
-(medvit's post-processing workers), sampled every 50 ms.
+own: the peak RSS of the child's main process (VmHWM), and the peak of the summed PSS of it and its
+descendants (medvit's post-processing workers), sampled every 50 ms. Each run also prints the CPU the rest of
+the machine used meanwhile (``others_cores``): on a shared machine a run that others competed with is slower
+for that alone, and torch's OpenMP threads suffer most (use ``--threads 1`` there).
 
 * **medvit**: ``Predictor(package, device="cpu", precision=--precision, batch_size=--batch-size,
   workers=--workers)`` with ``predictor.network`` replaced by the wrapper, then ``predict(slide)``; timed
@@ -44,6 +46,10 @@ own: the peak RSS of the child's main process (VmHWM) and the peak of the sum ov
 
 The pipelines alternate over ``--repeats`` and the minimum is quoted. Both pipelines' nuclei are matched to the
 slide's (centroids < 3 px apart at level 0, one-to-one, closest first) and to each other.
+
+Experiments on medvit (monkeypatched in its child only): ``--medvit-threads`` (its torch threads),
+``--patch-contours`` (skimage's ``approximate_polygon`` replaced by a vectorised collinear-point removal, in the
+post-processing workers too) and ``--patch-malloc mmap|trim`` (glibc's heap kept from growing over the slide).
 
     python benchmarks/bench_wsi.py                                          # 20000^2, tiny network, 3 repeats
     python benchmarks/bench_wsi.py --size 4096 --no-large --repeats 1       # a quick look
@@ -77,6 +83,10 @@ DARK = 150.0  # mean RGB below this is nucleus (tissue ~195, glass 244, nuclei 4
 LOGIT = 8.0
 TISSUE_SATURATION = 0.15  # reference: a window with a pixel above this HSV saturation has tissue
 MATCH_PX = 3.0
+# reference region side in windows, the fastest of 3, 5 and 10 for each network here: MONAI's post-processing
+# costs ~10 ms a nucleus plus a fixed cost a region, growing with its area; overlapping regions cost windows
+REF_WINDOWS = {"tiny": 3, "small": 10}
+TRIM_EVERY = 16  # --patch-malloc trim: batches between malloc_trim calls
 LABELS = {0: "background", 1: "large_nucleus", 2: "small_nucleus", 3: "pale_nucleus"}
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -194,6 +204,18 @@ def _status_kb(pid: int | str, key: str) -> int:
     return 0
 
 
+def _pss_kb(pid: int) -> int:
+    """Proportional set size: shared pages split between their sharers (a child forked and not yet exec'd
+    shares all of its parent's pages, which RSS would count twice)."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return _status_kb(pid, "VmRSS:")
+
+
 def _descendants(pid: int) -> list[int]:
     out, todo = [], [pid]
     while todo:
@@ -209,7 +231,7 @@ def _descendants(pid: int) -> list[int]:
 
 
 class TreePeak:
-    """Peak of this process's RSS plus its descendants', sampled every ``interval`` seconds."""
+    """Peak of this process's memory plus its descendants' (sum of PSS), sampled every ``interval`` seconds."""
 
     def __init__(self, interval: float = 0.05) -> None:
         self.peak_kb = 0
@@ -221,7 +243,7 @@ class TreePeak:
     def _run(self) -> None:
         me = os.getpid()
         while not self._stop.is_set():
-            total = sum(_status_kb(p, "VmRSS:") for p in [me, *_descendants(me)])
+            total = sum(_pss_kb(p) for p in [me, *_descendants(me)])
             self.peak_kb = max(self.peak_kb, total)
             self._stop.wait(self._interval)
 
@@ -229,6 +251,32 @@ class TreePeak:
         self._stop.set()
         self._thread.join()
         return self.peak_kb / 1024
+
+
+class CpuShare:
+    """CPU the machine spent during a stretch beyond this process's own (and its reaped children's), in cores:
+    on a shared machine, how much others competed for it (a run where they did is slower for that alone)."""
+
+    def __init__(self) -> None:
+        self._t, self._busy, self._own = time.perf_counter(), self._machine_busy(), self._own_cpu()
+
+    @staticmethod
+    def _machine_busy() -> float:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # less idle, iowait
+
+    @staticmethod
+    def _own_cpu() -> float:
+        import resource
+
+        me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+    def stop(self) -> dict[str, float]:
+        wall = max(1e-9, time.perf_counter() - self._t)
+        own = self._own_cpu() - self._own
+        others = max(0.0, self._machine_busy() - self._busy - own)
+        return {"own_cores": round(own / wall, 2), "others_cores": round(others / wall, 2)}
 
 
 def _rss_mb() -> float:
@@ -251,19 +299,79 @@ def _predictor(cfg: dict):
     return predictor
 
 
+def _collinear_polygon(ring: np.ndarray, tolerance: float = 0.5) -> np.ndarray:
+    """A closed ring less the points where it runs straight on (lossless, vectorised): the ``--patch-contours``
+    stand-in for skimage's ``approximate_polygon`` (a Python loop per nucleus)."""
+    ring = np.asarray(ring)
+    if len(ring) < 4:
+        return ring
+    pts = ring[:-1] if np.array_equal(ring[0], ring[-1]) else ring
+    before, after = pts - np.roll(pts, 1, 0), np.roll(pts, -1, 0) - pts
+    turns = pts[np.abs(before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0]) > 1e-9]
+    return np.vstack([turns, turns[:1]]) if len(turns) >= 3 else ring
+
+
+def _patch_contours() -> None:
+    import medvit.postprocess.tiles as tiles
+
+    tiles.approximate_polygon = _collinear_polygon
+
+
+def _patched_pool(workers: int):
+    """medvit's post-processing pool, its workers patched too (they are spawned: a patch here misses them)."""
+    import concurrent.futures as cf
+    import multiprocessing
+
+    if workers <= 0:
+        return None
+    return cf.ProcessPoolExecutor(
+        max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=_patch_contours
+    )
+
+
+def _patch_malloc(mode: str) -> None:
+    """``mmap``: glibc's mmap threshold fixed at 256 KiB (no dynamic raise, so freed tile-sized arrays go back to
+    the system); ``trim``: ``malloc_trim(0)`` every :data:`TRIM_EVERY` batches."""
+    import ctypes
+
+    from medvit.inference import slides
+
+    libc = ctypes.CDLL("libc.so.6")
+    if mode == "mmap":
+        libc.mallopt(-3, 256 * 1024)  # M_MMAP_THRESHOLD
+    elif mode == "trim":
+        infer, calls = slides._infer, [0]
+
+        def trimmed(*a, **k):
+            calls[0] += 1
+            if calls[0] % TRIM_EVERY == 0:
+                libc.malloc_trim(0)
+            return infer(*a, **k)
+
+        slides._infer = trimmed
+
+
 def child_medvit(cfg: dict) -> dict:
     import torch
 
-    torch.set_num_threads(cfg["threads"])
+    from medvit.inference import slides
+
+    torch.set_num_threads(cfg.get("medvit_threads") or cfg["threads"])
+    if cfg.get("patch_contours"):
+        _patch_contours()
+        slides._post_pool = _patched_pool
+    if cfg.get("patch_malloc"):
+        _patch_malloc(cfg["patch_malloc"])
     t0 = time.perf_counter()
     predictor = _predictor(cfg)
     load = time.perf_counter() - t0
     base = _rss_mb()
-    tree = TreePeak()
+    tree, cpu = TreePeak(), CpuShare()
     t0 = time.perf_counter()
     pred = predictor.predict(cfg["slide"])
     seconds = time.perf_counter() - t0
     tree_peak = tree.stop()
+    cpu_share = cpu.stop()
     np.savez(cfg["out"], centroids=pred.centroids, types=pred.types)
     return {
         "seconds": seconds,
@@ -275,6 +383,7 @@ def child_medvit(cfg: dict) -> dict:
         "timing": {k: round(v, 3) for k, v in pred.timing.items()},
         "tiles": pred.tiles,
         "precision": predictor.precision,
+        "cpu": cpu_share,
     }
 
 
@@ -314,6 +423,7 @@ def child_network(cfg: dict) -> dict:
     mean, std = _norm(predictor.spec)
     slide, grid, boxes, run, target = _medvit_tiles(predictor, cfg["slide"])
     net_s = oracle_s = 0.0
+    cpu = CpuShare()
     with slide:
         for start in range(0, len(run), predictor.batch_size):
             images = [
@@ -332,7 +442,8 @@ def child_network(cfg: dict) -> dict:
                 t2 = time.perf_counter()
             net_s += t1 - t
             oracle_s += t2 - t1
-    return {"net_s": net_s, "oracle_s": oracle_s, "seconds": net_s + oracle_s, "tiles": len(run)}
+    share = cpu.stop()
+    return {"net_s": net_s, "oracle_s": oracle_s, "seconds": net_s + oracle_s, "tiles": len(run), "cpu": share}
 
 
 def child_reference(cfg: dict) -> dict:
@@ -358,7 +469,7 @@ def child_reference(cfg: dict) -> dict:
     wrapper = _oracle_net_class()(package.build().eval(), mean, std)
     load = time.perf_counter() - t0
     base = _rss_mb()
-    tree = TreePeak()
+    tree, cpu_share = TreePeak(), CpuShare()
     cpu = torch.device("cpu")
     amp = resolve_precision(cfg["ref_precision"], cpu)
     tile = int(spec.preprocessing.resize[0])
@@ -473,6 +584,7 @@ def child_reference(cfg: dict) -> dict:
         "counts": counts,
         "level": level,
         "region": {"windows": k, "map": maps, "core": core, "read": read},
+        "cpu": cpu_share.stop(),
     }
 
 
@@ -568,7 +680,18 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="medvit post-processing processes")
     parser.add_argument("--batch-size", type=int, default=8, help="tiles (windows) per forward pass, both")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--ref-windows", type=int, default=10, help="reference region side, in windows")
+    parser.add_argument("--medvit-threads", type=int, default=None, help="medvit's own (default: --threads)")
+    parser.add_argument(
+        "--patch-contours",
+        action="store_true",
+        help="experiment: medvit with approximate_polygon swapped for a vectorised collinear-point removal",
+    )
+    parser.add_argument(
+        "--patch-malloc", choices=["mmap", "trim"], help="experiment: medvit with glibc's heap kept from growing"
+    )
+    parser.add_argument(
+        "--ref-windows", type=int, default=None, help="reference region side, windows (default: 3 tiny, 10 small)"
+    )
     parser.add_argument("--ref-all-windows", action="store_true", help="reference runs glass windows too")
     parser.add_argument("--tissue", type=float, default=0.5, help="tissue fraction of the slide")
     parser.add_argument("--seed", type=int, default=0)
@@ -619,8 +742,11 @@ def main() -> None:
                 "precision": args.precision,
                 "workers": args.workers,
                 "ref_precision": args.ref_precision,
-                "ref_windows": args.ref_windows,
+                "ref_windows": args.ref_windows or REF_WINDOWS[name],
                 "ref_all_windows": args.ref_all_windows,
+                "medvit_threads": args.medvit_threads,
+                "patch_contours": args.patch_contours,
+                "patch_malloc": args.patch_malloc,
             }
             runs: dict[str, list[dict]] = {"medvit": [], "reference": [], "network": []}
             for i in range(args.repeats):
@@ -631,7 +757,7 @@ def main() -> None:
                     r["out"] = str(out)
                     runs[kind].append(r)
                     extra = r.get("timing") or {"net_s": round(r["net_s"], 2), "oracle_s": round(r["oracle_s"], 2)}
-                    print(f"  {name} {kind} run {i + 1}: {r['seconds']:.1f} s {extra}", flush=True)
+                    print(f"  {name} {kind} run {i + 1}: {r['seconds']:.1f} s {extra} cpu {r['cpu']}", flush=True)
             results[name] = {"runs": runs}
         large = None
         if not args.no_large:
@@ -683,7 +809,7 @@ def report(results: dict, truth: dict, large: dict | None, args) -> None:
         ref_precision = "fp32" if args.ref_precision == "32" else "auto"
         print(f"== {name} network, {m['precision']} (medvit) / {ref_precision} (reference), "
               f"min of {len(m_runs)} ==")  # fmt: skip
-        print(f"{'':<28} {'min s':>8} {'median s':>9} {'peak RSS MB':>12} {'+children MB':>13} {'nuclei':>8} "
+        print(f"{'':<28} {'min s':>8} {'median s':>9} {'peak RSS MB':>12} {'tree PSS MB':>13} {'nuclei':>8} "
               f"{'P':>6} {'R':>6} {'F1':>6} {'dups':>5}")  # fmt: skip
         for label, best, rs, sc, dups in (
             ("medvit predict", m, m_runs, s_m, duplicates(ours["centroids"])),
