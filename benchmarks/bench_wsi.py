@@ -49,11 +49,14 @@ slide's (centroids < 3 px apart at level 0, one-to-one, closest first) and to ea
 
 Experiments on medvit (monkeypatched in its child only): ``--medvit-threads`` (its torch threads),
 ``--patch-contours`` (skimage's ``approximate_polygon`` replaced by a vectorised collinear-point removal, in the
-post-processing workers too) and ``--patch-malloc mmap|trim`` (glibc's heap kept from growing over the slide).
+post-processing workers too), ``--patch-malloc mmap|trim`` (glibc's heap kept from growing over the slide),
+``--patch-infer`` (pixel types without torch's slow ``argmax(1)``) and ``--patch-pipeline`` (more tiles in
+post-processing at once, so that the workers and the network overlap).
 
     python benchmarks/bench_wsi.py                                          # 20000^2, tiny network, 3 repeats
     python benchmarks/bench_wsi.py --size 4096 --no-large --repeats 1       # a quick look
-    python benchmarks/bench_wsi.py --network small --size 2048 --no-large   # a realistic network
+    python benchmarks/bench_wsi.py --size 5120 --threads 1                  # ~10 min on 2 shared cores
+    python benchmarks/bench_wsi.py --network small --size 1536 --no-large --repeats 1 --threads 1
 
 Targets: medvit / reference time <= 0.5, F1 medvit vs reference >= 0.99, medvit peak RSS <= the
 reference's, medvit's peak RSS on the 4x slide <= 1.2x the 1x slide's, medvit end to end / network alone
@@ -83,8 +86,9 @@ DARK = 150.0  # mean RGB below this is nucleus (tissue ~195, glass 244, nuclei 4
 LOGIT = 8.0
 TISSUE_SATURATION = 0.15  # reference: a window with a pixel above this HSV saturation has tissue
 MATCH_PX = 3.0
-# reference region side in windows, the fastest of 3, 5 and 10 for each network here: MONAI's post-processing
-# costs ~10 ms a nucleus plus a fixed cost a region, growing with its area; overlapping regions cost windows
+# reference region side in windows. MONAI's post-processing costs ~10 ms a nucleus plus a cost a region that
+# grows with its area, while smaller regions overlap more (more windows): tiny, the fastest of 3, 5 and 10 on a
+# 4096^2 slide (217 / 275 / 432 s on a loaded machine); small, 10 (its windows, 1-2 s each, outweigh the rest)
 REF_WINDOWS = {"tiny": 3, "small": 10}
 TRIM_EVERY = 16  # --patch-malloc trim: batches between malloc_trim calls
 LABELS = {0: "background", 1: "large_nucleus", 2: "small_nucleus", 3: "pale_nucleus"}
@@ -351,6 +355,62 @@ def _patch_malloc(mode: str) -> None:
         slides._infer = trimmed
 
 
+def _patch_infer() -> None:
+    """``slides._infer`` with the pixel types as a running maximum over the channels (torch's ``argmax(1)`` on
+    ``[B, T, H, W]`` takes ~7 ms a 256 px tile on one thread; this ~1 ms) and the nuclei probability as
+    ``sigmoid(l1 - l0)`` (the 2-class softmax's channel 1)."""
+    import torch
+
+    from medvit.device import autocast
+    from medvit.inference import slides
+
+    @torch.inference_mode()
+    def infer(predictor, images, mean, std):
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
+        x = ((x - mean) / std).to(predictor.device)
+        if predictor._layout is not None:
+            x = x.contiguous(memory_format=predictor._layout)
+        with autocast(predictor.device, predictor.autocast_dtype):
+            out = predictor.network(x)
+        logits = out["nuclei_binary_map"].float()
+        binary = torch.sigmoid(logits[:, 1] - logits[:, 0]).cpu().numpy()
+        hv = out["hv_map"].float().cpu().numpy()
+        t = out["nuclei_type_map"].float()
+        best, types = t[:, 0].clone(), torch.zeros((t.shape[0], *t.shape[2:]), dtype=torch.uint8)
+        for c in range(1, t.shape[1]):
+            types.masked_fill_(t[:, c] > best, c)
+            best = torch.maximum(best, t[:, c])
+        types = types.cpu().numpy()
+        return [(binary[i], hv[i], types[i]) for i in range(len(images))]
+
+    slides._infer = infer
+
+
+PIPELINE_SCALE = 4  # --patch-pipeline: post-processing tiles allowed in flight, times medvit's own limit
+
+
+def _patch_pipeline() -> None:
+    """medvit's main loop waits whenever more than ``4 * workers`` tiles are being post-processed; a batch
+    submits ``batch_size`` (8) at once, so with one worker it waits for half of every batch and the worker then
+    idles while the next batch runs. This lets :data:`PIPELINE_SCALE` times as many be in flight: the loop's
+    ``pending`` deque (of futures; the read-ahead deque holds tuples and is left alone) reports a length that
+    many times smaller."""
+    import collections
+    from concurrent.futures import Future
+
+    from medvit.inference import slides
+
+    class Deque(collections.deque):
+        def __len__(self) -> int:
+            n = super().__len__()
+            return n // PIPELINE_SCALE if n and isinstance(self[0], Future) else n
+
+        def __bool__(self) -> bool:
+            return super().__len__() > 0
+
+    slides.deque = Deque
+
+
 def child_medvit(cfg: dict) -> dict:
     import torch
 
@@ -360,8 +420,12 @@ def child_medvit(cfg: dict) -> dict:
     if cfg.get("patch_contours"):
         _patch_contours()
         slides._post_pool = _patched_pool
-    if cfg.get("patch_malloc"):
+    if cfg.get("patch_infer"):
+        _patch_infer()
+    if cfg.get("patch_malloc"):  # after --patch-infer: it wraps slides._infer
         _patch_malloc(cfg["patch_malloc"])
+    if cfg.get("patch_pipeline"):
+        _patch_pipeline()
     t0 = time.perf_counter()
     predictor = _predictor(cfg)
     load = time.perf_counter() - t0
@@ -686,6 +750,10 @@ def main() -> None:
         action="store_true",
         help="experiment: medvit with approximate_polygon swapped for a vectorised collinear-point removal",
     )
+    parser.add_argument("--patch-infer", action="store_true", help="experiment: types without argmax")
+    parser.add_argument(
+        "--patch-pipeline", action="store_true", help="experiment: 4x more tiles in post-processing"
+    )
     parser.add_argument(
         "--patch-malloc", choices=["mmap", "trim"], help="experiment: medvit with glibc's heap kept from growing"
     )
@@ -747,6 +815,8 @@ def main() -> None:
                 "medvit_threads": args.medvit_threads,
                 "patch_contours": args.patch_contours,
                 "patch_malloc": args.patch_malloc,
+                "patch_infer": args.patch_infer,
+                "patch_pipeline": args.patch_pipeline,
             }
             runs: dict[str, list[dict]] = {"medvit": [], "reference": [], "network": []}
             for i in range(args.repeats):
