@@ -36,6 +36,7 @@ import medvit
 from medvit.errors import ConfigError, MedvitError, one_line
 from medvit.io.atomic import atomic_dir, atomic_file, file_lock
 from medvit.package import SPEC_FILE, ModelPackage, load_package
+from medvit.resources import cache_dir
 
 FORMATS: dict[str, str] = {"onnx": "model.onnx", "openvino": "model.xml", "torchscript": "model.pt"}
 EXPORT_FILE = "export.json"
@@ -77,7 +78,7 @@ class _Logits(nn.Module):
 
 def exports_root() -> Path:
     """``$MEDVIT_CACHE/exports`` (``MEDVIT_CACHE`` default ``~/.cache/medvit``), beside the registry's models."""
-    return Path(os.environ.get("MEDVIT_CACHE", Path.home() / ".cache" / "medvit")) / "exports"
+    return cache_dir("exports")
 
 
 def check_format(fmt: str) -> str:

@@ -7,6 +7,7 @@ the one place that knows both homes.
 
 from __future__ import annotations
 
+import os
 from importlib.resources import files
 from pathlib import Path
 from typing import Literal
@@ -30,3 +31,9 @@ def shipped_dir(name: Shipped) -> Path:
     if (checkout / "pyproject.toml").is_file():  # not a site-packages folder that happens to hold `configs/`
         return checkout / name
     return Path(str(packaged))
+
+
+def cache_dir(name: str) -> Path:
+    """``$MEDVIT_CACHE/<name>`` (``MEDVIT_CACHE`` default ``~/.cache/medvit``): the user's cache of synthetic
+    sets, registry downloads and exports."""
+    return Path(os.environ.get("MEDVIT_CACHE", Path.home() / ".cache" / "medvit")) / name

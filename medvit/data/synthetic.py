@@ -12,7 +12,6 @@ leaves a partial set behind. They are synthetic: no patient data, free to use.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -23,12 +22,13 @@ from medvit.data.layouts import ADAPTERS
 from medvit.errors import InputError
 from medvit.io import write_nifti
 from medvit.io.atomic import atomic_dir
+from medvit.resources import cache_dir
 
 DEFAULT_SIZES = {"ct3d": [64, 64, 48], "fundus": [128, 128], "cells": [128, 128], "classification": [64, 64]}
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("MEDVIT_CACHE", Path.home() / ".cache" / "medvit")) / "synthetic"
+    return cache_dir("synthetic")
 
 
 def _ellipsoid(shape, centre, radii) -> np.ndarray:

@@ -25,6 +25,15 @@ LABEL_MAP_KEY, LABEL_MAP = "medvit", "label map"
 _CONVERT = {"P": "RGB", "PA": "RGB", "CMYK": "RGB", "YCbCr": "RGB", "LA": "L", "1": "L", "RGBA": "RGB"}
 
 
+def open_pil(path: str | Path) -> Image.Image:
+    """``PIL.Image.open`` (lazy: the header only) without PIL's decompression-bomb warning: the caller checks
+    the declared size against medvit's own budget (:func:`~medvit.io.limits.check_declared`) before decoding.
+    PIL's hard limit (``DecompressionBombError``) still applies."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(path)
+
+
 def is_image2d_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE2D_SUFFIXES
 
@@ -37,10 +46,7 @@ def read_image2d(path: str | Path):
     """
     path = Path(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the budget below decides
-            img_file = Image.open(path)
-        with img_file as img:
+        with open_pil(path) as img:
             width, height = img.size
             check_declared(path, (height, width, max(len(img.getbands()), 3)), 4)  # as int32 / RGB at most
             n_frames = getattr(img, "n_frames", 1)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 import os
 import stat
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +31,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from medvit.errors import InputError, MedvitError, one_line
-from medvit.io.image2d import IMAGE2D_SUFFIXES
+from medvit.io.image2d import IMAGE2D_SUFFIXES, open_pil
 from medvit.io.limits import BUDGET_ENV, check_declared, image_budget
 
 SLIDE_SUFFIXES: tuple[str, ...] = (
@@ -378,10 +377,7 @@ def _image_slide(path: Path, mpp: float | None, openslide_reason: str | None) ->
         return InputError(f"{path}: not a slide OpenSlide or PIL can read ({reason})")
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the budget below decides
-            img_file = Image.open(path)
-        with img_file as img:
+        with open_pil(path) as img:
             width, height = img.size
             check_declared(path, (height, width, 4), 1)  # PIL holds RGB(A) at 4 bytes a pixel
             found = _pil_resolution(img)
@@ -609,10 +605,7 @@ def read_tissue_mask(path: str | os.PathLike, slide: Slide) -> TissueMask:
     path = Path(path)
     _check_file(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the budget below decides
-            img_file = Image.open(path)
-        with img_file as img:
+        with open_pil(path) as img:
             w, h = img.size
             check_declared(path, (h, w), 4)
             lossy = img.format in ("JPEG", "MPO")

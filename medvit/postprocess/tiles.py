@@ -147,7 +147,7 @@ def tile_nuclei(
     ox, oy = grid.origin(col, row)
     t = grid.tile
     edges = (col > 0, row > 0, col < grid.cols - 1, row < grid.rows - 1)  # edges with a neighbour: l, t, r, b
-    keep_ids, cents = [], []
+    keep_ids, cents, kept_masks = [], [], []
     slices = ndi.find_objects(inst)
     for index, sl in enumerate(slices):
         if sl is None:
@@ -161,10 +161,10 @@ def tile_nuclei(
         if _reports(grid, (col, row), (cx, cy), (x0 + ox, y0 + oy, x1 + ox, y1 + oy), cut):
             keep_ids.append(i)
             cents.append((cx, cy))
+            kept_masks.append(mask)
     contours, masks, areas = [], [] if want_masks else None, []
-    for i in keep_ids:
+    for i, mask in zip(keep_ids, kept_masks, strict=True):
         sl = slices[i - 1]
-        mask = inst[sl] == i
         areas.append(int(mask.sum()))
         contours.append(_polygon(mask, sl[1].start + ox, sl[0].start + oy))
         if masks is not None:

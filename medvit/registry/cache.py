@@ -29,6 +29,7 @@ from medvit.registry.flavor import FLAVOR_NAME
 from medvit.registry.models import model_version, registered_model
 from medvit.registry.session import display_uri, mlflow_session, registry_errors, resolve_tracking_uri, unreachable
 from medvit.registry.uri import ModelRef, is_http, parse_model_uri
+from medvit.resources import cache_dir
 from medvit.yamlfile import read_yaml
 
 RECORD = "registry.json"
@@ -64,7 +65,7 @@ def checked_download_root(root: str, tracking_uri: str, uri: str) -> str:
 
 def cache_root() -> Path:
     """``$MEDVIT_CACHE/models`` (``MEDVIT_CACHE`` default ``~/.cache/medvit``)."""
-    return Path(os.environ.get("MEDVIT_CACHE", Path.home() / ".cache" / "medvit")) / "models"
+    return cache_dir("models")
 
 
 def cache_entry(tracking_uri: str, name: str, version: str | int) -> Path:
