@@ -295,6 +295,11 @@ def backbones(
             typer.echo(f"    paper: {r['paper']}")
 
 
+def _artifact(result) -> str:
+    """What a finished run left: ``package`` or ``backbone`` (a self-supervised run's export)."""
+    return "backbone" if result.package is not None and (Path(result.package) / "backbone.json").is_file() else "package"
+
+
 @app.command(context_settings={"allow_extra_args": False})
 @handle_errors
 def run(
@@ -319,7 +324,8 @@ def run(
         ),
     ] = False,
 ) -> None:
-    """Train, validate and test a pipeline; log it to MLflow and write a model package."""
+    """Train, validate and test a pipeline; log it to MLflow and write a model package (self-supervised
+    pipelines: an adapted backbone for fine-tuning)."""
     from medvit import engine
 
     if pipeline is not None and "=" in pipeline.name and not pipeline.exists():
@@ -338,7 +344,7 @@ def run(
         return
     typer.echo("")
     for key in sorted(result.metrics):
-        if key.startswith(("val/", "test/", "best/")):
+        if key.startswith(("val/", "test/", "best/", "probe/")):
             typer.echo(f"{key:<28} {result.metrics[key]:.4f}")
     if result.test_is_validation and any(k.startswith("test/") for k in result.metrics):
         typer.echo("(test = validation cases: the data card has no test split)")
@@ -347,6 +353,10 @@ def run(
         typer.echo(f"MLflow run:     {result.mlflow_run_id} ({result.tracking_uri})")
     if result.registered:
         typer.echo(f"registered:     models:/{result.registered['name']}/{result.registered['version']}")
+    if _artifact(result) == "backbone":
+        typer.echo(f"backbone:       {result.package}")
+        typer.echo(f"fine-tune with: model.backbone.weights={result.package}/<the .safetensors file>")
+        return
     typer.echo(f"model package:  {result.package}")
     typer.echo(f"predict with:   medvit predict -m {result.package} -i INPUT -o OUTDIR")
 

@@ -144,6 +144,7 @@ def smoke_overrides(cfg: PipelineConfig) -> list[str]:
         "trainer.log_every_n_steps=1",
         "tracking.register_as=null",
         f"tracking.run_name={cfg.name}-smoke",
+        *(["task.probe=null"] if "probe" in type(cfg.task).model_fields else []),  # its card is not synthetic
     ]
 
 
@@ -164,6 +165,7 @@ def build_datamodule(cfg: PipelineConfig, hardware: Hardware | None = None) -> M
         cache=d.cache,
         limit_cases=d.limit_cases,
         seed=cfg.trainer.seed,
+        labelled=cfg.kind.labelled,
     )
 
 
@@ -201,6 +203,7 @@ def build_task(cfg: PipelineConfig, dm: MedvitDataModule, *, load_weights: bool 
             inference=inf if inf["mode"] == "sliding_window" else None,
             load_weights=load_weights,
             **cfg.task.options(),
+            **cfg.kind.module_options(cfg),
         )
     except ValueError as exc:
         if isinstance(exc, ConfigError | InputError):
@@ -306,6 +309,11 @@ def check_pipeline(path: str | Path, overrides: list[str] | None = None, *, smok
     cfg, resolved = load_pipeline(path, overrides)
     if smoke:
         cfg, resolved = load_pipeline(path, [*smoke_overrides(cfg), *(overrides or [])])
+    if cfg.kind.artifact != "package" and cfg.tracking.register_as:
+        raise ConfigError(
+            f"tracking.register_as: a {cfg.task.kind} run leaves an adapted backbone, not a model package to "
+            "register; register the fine-tuned model instead"
+        )
     hardware = resolve_hardware(cfg)
     dm = build_datamodule(cfg, hardware)
     dm.check()
@@ -478,6 +486,8 @@ def _train(checked: Checked, trainer: L.Trainer, run_dir: Path, run_json: dict, 
     cfg, dm, task = checked.cfg, checked.datamodule, checked.task
     trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)  # whatever the environment says
     metrics = _scalars(trainer.callback_metrics)  # the last validation
+    if cfg.kind.artifact == "backbone":
+        return _finish_backbone(checked, trainer, run_dir, run_json, logger, metrics)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best and trainer.checkpoint_callback.best_model_score is not None:
         metrics[f"best/{cfg.monitor()}"] = float(trainer.checkpoint_callback.best_model_score)
@@ -512,6 +522,63 @@ def _train(checked: Checked, trainer: L.Trainer, run_dir: Path, run_json: dict, 
             )  # fmt: skip
         client.set_terminated(logger.run_id, "FINISHED")
     return result
+
+
+def _finish_backbone(checked: Checked, trainer: L.Trainer, run_dir: Path, run_json: dict, logger, metrics) -> RunResult:
+    """End of a self-supervised run: the adapted backbone as it is after the last step (pre-training keeps the
+    final model, not a "best" one) exported to ``run_dir/backbone``, logged to MLflow."""
+    cfg, task = checked.cfg, checked.task
+    uri = tracking_uri(cfg) if cfg.tracking.enabled else None
+    result = RunResult(run_dir=run_dir, package=None, metrics=metrics, tracking_uri=uri)
+    if not trainer.is_global_zero:
+        return result
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    result.mlflow_run_id = run_json.get("mlflow_run_id")
+    result.package = write_backbone(task, cfg, run_dir / "backbone", run_id=result.mlflow_run_id, metrics=metrics)
+    if logger is not None:
+        client = logger.experiment
+        client.log_artifacts(logger.run_id, str(result.package), artifact_path="backbone")
+        client.log_artifact(logger.run_id, str(run_dir / "metrics.json"))
+        client.set_terminated(logger.run_id, "FINISHED")
+    return result
+
+
+def write_backbone(task, cfg: PipelineConfig, folder: Path, *, run_id: str | None, metrics: dict) -> Path:
+    """The adapted backbone in medvit's format (``<backbone>.safetensors``) and, where the family has one, its
+    official layout (``<backbone>_official.pth``), with ``backbone.json`` saying how to load them; written to a
+    staging folder and renamed when complete."""
+    from medvit.backbones import get_entry, save_backbone, save_official
+    from medvit.io.atomic import atomic_dir
+
+    bb_spec = cfg.model.backbone
+    entry = get_entry(bb_spec.name)
+    backbone = task.export_backbone()
+    options = dict(bb_spec.options)
+    options.pop("grad_checkpointing", None)
+    files = {"medvit": f"{entry.name}.safetensors"}
+    with atomic_dir(folder, overwrite=True) as tmp:
+        save_backbone(backbone, tmp / files["medvit"])
+        if entry.family is not None and entry.family.export is not None:
+            files["official"] = f"{entry.name}_official.pth"
+            save_official(backbone, tmp / files["official"], extra=task.official_extra(entry.family.name))
+        img_size = list(backbone.img_size)
+        info = {
+            "backbone": entry.name,
+            "family": entry.family.name if entry.family else None,
+            "files": files,
+            "img_size": img_size,
+            "options": options,
+            "task": cfg.task.kind,
+            "adapter": cfg.model.adapter.name,
+            "pipeline": cfg.name,
+            "mlflow_run_id": run_id,
+            "metrics": {k: v for k, v in metrics.items() if k.startswith(("val/", "probe/"))},
+            "load": f"medvit.create_backbone({entry.name!r}, weights='{files['medvit']}', img_size={tuple(img_size)}"
+            + "".join(f", {k}={v!r}" for k, v in options.items()) + ")",
+            "fine_tune": f"model.backbone.name={entry.name} model.backbone.weights=<this folder>/{files['medvit']}",
+        }
+        (tmp / "backbone.json").write_text(json.dumps(info, indent=2) + "\n")
+    return folder
 
 
 def _scalars(metrics: dict) -> dict[str, float]:

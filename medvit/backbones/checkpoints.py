@@ -4,6 +4,7 @@ Files are local only: ``.pth``/``.pt``/``.bin`` through ``torch.load(weights_onl
 and Hugging Face folders (``config.json`` + ``model.safetensors`` or shards). A pickle that needs more than
 tensors (RETFound fine-tuned files pickle ``argparse.Namespace``) is refused unless ``trust_pickle=True``.
 Every failure is an :class:`~medvit.errors.InputError` naming the file and the reason.
+:func:`save_backbone` writes medvit's own safetensors; :func:`save_official` writes a family's official layout.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from medvit.errors import InputError, one_line
+from medvit.errors import ConfigError, InputError, one_line
 from medvit.io.atomic import atomic_path
 from medvit.layers import resample_abs_pos_embed
 
@@ -54,6 +55,7 @@ class LoadReport:
 
     path: str
     dropped: list[str] = field(default_factory=list)
+    dropped_state: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # the dropped tensors
     head_dropped: bool = False
     notes: list[str] = field(default_factory=list)
 
@@ -235,6 +237,70 @@ def save_backbone(model: nn.Module, path: str | os.PathLike) -> Path:
     meta = {"format": MEDVIT_FORMAT, "backbone": getattr(cfg, "name", "") or ""}
     with atomic_path(path) as tmp:
         safetensors.torch.save_file(state, str(tmp), metadata=meta)
+    return path
+
+
+_ADAPTER_KEY = re.compile(r"(^|\.)(lora_a|lora_b|adaptertune)(\.|$)")
+
+
+def save_official(
+    model: nn.Module, path: str | os.PathLike, *, extra: Mapping[str, torch.Tensor] | None = None
+) -> Path:
+    """Write a backbone's weights in its family's official file layout, with ``torch.save``.
+
+    The file is what the family's authors publish (RETFound ``{'model': ...}``, Hi-End-MAE
+    ``{'state_dict': {'module.encoder.*', ...}}``, DINOv3's flat ``.pth``, ...), so the authors' own loaders
+    and :func:`medvit.create_backbone` read it strictly. It holds tensors only (no pickled objects) and is
+    written under a temporary name beside ``path``, then renamed, as :func:`save_backbone` does.
+
+    Args:
+        model: A backbone built by :func:`medvit.create_backbone` for a family with an official layout; an
+            adapter must be removed first (``remove_lora`` merges LoRA/ExPLoRA updates and restores the keys).
+        path: The file to write (``.pth``).
+        extra: Tensors the official file holds besides the backbone, named as the family's filter names them
+            after unwrapping (e.g. an MAE decoder's ``decoder_*`` and ``mask_token``);
+            ``create_backbone(...).load_report.dropped_state`` gives back those of a loaded file.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        CheckpointError: The model names no registered family with an official layout, or still carries
+            adapter weights.
+        ValueError: An ``extra`` entry that is not a tensor or that names one of the backbone's own keys.
+    """
+    from medvit.backbones.registry import get_entry  # the registry imports this module
+
+    path = Path(path)
+    name = getattr(getattr(model, "pretrained_cfg", None), "name", None)
+    if not name:
+        raise CheckpointError(f"{path}: the model names no registered backbone (build it with create_backbone)")
+    try:
+        entry = get_entry(name)
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: {one_line(exc)}") from exc
+    family = entry.family
+    if family is None or family.export is None:
+        raise CheckpointError(
+            f"{path}: backbone {entry.name} has no official file layout; write medvit's own with save_backbone"
+        )
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    adapter = sorted(k for k in state if _ADAPTER_KEY.search(k))
+    if adapter:
+        raise CheckpointError(
+            f"{path}: the model still carries adapter weights ({_short(adapter, 3)}); "
+            "merge them first with remove_lora (or remove_adaptertune)"
+        )
+    extra = dict(extra or {})
+    for key, value in extra.items():
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"extra[{key!r}] must be a tensor, got {type(value).__name__}")
+    clash = sorted(set(extra) & set(state))
+    if clash:
+        raise ValueError(f"extra names the backbone's own key(s) {_short(clash, 4)}; pass only other tensors")
+    obj = family.export({**state, **{k: v.detach().cpu() for k, v in extra.items()}}, model)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
     return path
 
 

@@ -82,6 +82,10 @@ class Family:
         check_config: For Hugging Face folders: ``(config, model, path)`` raising on an architecture mismatch.
         custom_filter: A family's own ``(state_dict, model) -> state_dict`` when the default
             :meth:`checkpoint_filter` is not enough (DINOv3 checks its RoPE periods).
+        export: The inverse of :attr:`normalise` plus the filter: ``(state_dict, model) -> object`` giving what
+            the family's official file holds (``torch.save`` writes it). ``state_dict`` is the model's own plus
+            any extra tensors named as :attr:`normalise` names them (e.g. an MAE decoder, ``mask_token``);
+            see :func:`~medvit.backbones.checkpoints.save_official`.
     """
 
     name: str
@@ -89,6 +93,7 @@ class Family:
     expected_drops: tuple[str, ...] = ()
     check_config: Callable[[dict, torch.nn.Module, str], None] | None = None
     custom_filter: Callable[[Mapping[str, Any], torch.nn.Module], dict[str, torch.Tensor]] | None = None
+    export: Callable[[dict[str, torch.Tensor], torch.nn.Module], dict] | None = None
 
     def checkpoint_filter(self, state_dict: Mapping[str, Any], model: torch.nn.Module) -> dict[str, torch.Tensor]:
         """Map a file's state dict onto ``model``; pure. The result must match the model exactly.
@@ -293,6 +298,7 @@ def load_weights(
         try:
             flat = family.normalise(ckpt.obj)
             report.dropped = sorted(k for k in flat if matches(k, family.expected_drops))
+            report.dropped_state = {k: flat[k] for k in report.dropped}  # e.g. an MAE decoder
             state = family.checkpoint_filter(flat, model)
         except CheckpointError:
             raise

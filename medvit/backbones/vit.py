@@ -213,24 +213,67 @@ class VisionTransformer(nn.Module):
         prefix = self.num_prefix_tokens if self.pos_embed_prefix else 0
         return resample_abs_pos_embed(self.pos_embed, grid, old_grid=self.grid, num_prefix_tokens=prefix)
 
-    def prepare_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...], tuple | None]:
+    def prepare_tokens(
+        self,
+        x: torch.Tensor,
+        *,
+        mask: torch.Tensor | None = None,
+        mask_token: torch.Tensor | None = None,
+        keep: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, tuple[int, ...], tuple | None]:
         """Patch-embed ``x`` and add prefix tokens and position information.
 
+        Two optional ways of hiding patches, for self-supervised objectives:
+
+        * ``mask [B, N]`` (bool) with ``mask_token [D]``: masked patch tokens are replaced by the mask token
+          before position information is added (iBOT, DINOv2/v3); the sequence keeps all N patches.
+        * ``keep [B, K]`` (patch indices): only those patch tokens go on, after their position is added
+          (MAE: the encoder sees the visible patches only); RoPE angles are gathered the same way.
+
         Returns:
-            The tokens ``[B, P + N, D]``, the patch grid, and the RoPE ``(cos, sin)`` (or ``None``).
+            The tokens ``[B, P + N, D]`` (``[B, P + K, D]`` with ``keep``), the patch grid, and the RoPE
+            ``(cos, sin)`` (``[P + N, hd]``, or ``[B, 1, P + K, hd]`` with ``keep``; ``None`` without RoPE).
         """
         x, grid = self.patch_embed(x)
         b = x.shape[0]
+        if mask is not None:
+            if mask_token is None:
+                raise ValueError("mask needs a mask_token")
+            x = torch.where(mask.unsqueeze(-1), mask_token.to(x.dtype).reshape(1, 1, -1), x)
         pos = self._pos_for_grid(grid) if self.pos_embed is not None else None
-        if pos is not None and not self.pos_embed_prefix:
-            x = x + pos
+        prefix_pos = None
+        if pos is not None:
+            start = self.num_prefix_tokens if self.pos_embed_prefix else 0
+            x = x + pos[:, start:]
+            prefix_pos = pos[:, :start] if start else None
+        if keep is not None:
+            x = torch.gather(x, 1, keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
         prefix = [t.expand(b, -1, -1) for t in (self.cls_token, self.reg_token) if t is not None]
         if prefix:
-            x = torch.cat([*prefix, x], dim=1)
-        if pos is not None and self.pos_embed_prefix:
-            x = x + pos
+            tokens = torch.cat(prefix, dim=1)
+            if prefix_pos is not None:
+                tokens = tokens + prefix_pos
+            x = torch.cat([tokens, x], dim=1)
         rope = self.rope_embed(grid, num_prefix_tokens=self.num_prefix_tokens) if self.rope_embed else None
+        if rope is not None and keep is not None:
+            p = self.num_prefix_tokens
+            rope = tuple(
+                torch.cat([r[:p].expand(b, p, -1), r[p:][keep]], dim=1).unsqueeze(1) for r in rope
+            )
         return x, grid, rope
+
+    def forward_tokens(
+        self, x: torch.Tensor, rope: tuple | None = None, *, taps: Sequence[int] = ()
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Run prepared tokens through every block: the final normed tokens and the raw outputs of the blocks
+        in ``taps`` (in that order; what hierarchical decoders read)."""
+        wanted = set(taps)
+        hidden: dict[int, torch.Tensor] = {}
+        for i, blk in enumerate(self.blocks):
+            x = self._run_block(blk, x, rope)
+            if i in wanted:
+                hidden[i] = x
+        return self.norm(x), [hidden[i] for i in taps]
 
     def _run_block(self, blk: Block, x: torch.Tensor, rope: tuple | None) -> torch.Tensor:
         if self.grad_checkpointing and torch.is_grad_enabled():
@@ -242,9 +285,7 @@ class VisionTransformer(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """All tokens after the final norm, prefix tokens first: ``[B, P + N, D]``."""
         x, _, rope = self.prepare_tokens(x)
-        for blk in self.blocks:
-            x = self._run_block(blk, x, rope)
-        return self.norm(x)
+        return self.forward_tokens(x, rope)[0]
 
     def forward_head(self, tokens: torch.Tensor, *, pre_logits: bool = False) -> torch.Tensor:
         """Pool tokens (CLS or mean of patch tokens), apply ``fc_norm`` if any, then the head if any."""

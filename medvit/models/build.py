@@ -17,6 +17,7 @@ from medvit.models.spec import ModelSpec
 ADAPTERS: dict[str, tuple[str, str]] = {
     "lora": ("medvit.adapters", "apply_lora"),
     "adaptertune": ("medvit.adapters", "apply_adaptertune"),
+    "explora": ("medvit.adapters", "apply_explora"),
 }
 HEADS: dict[str, tuple[str, str]] = {
     "linear": ("medvit.heads", "LinearClassifier"),
@@ -24,12 +25,16 @@ HEADS: dict[str, tuple[str, str]] = {
     "unetr": ("medvit.heads", "UNETR"),
     "funduseg": ("medvit.heads", "FunduSegmenter"),
     "cellvta": ("medvit.heads", "CellVTA"),
+    "mae": ("medvit.ssl.mae", "MaskedAutoencoder"),
+    "dino": ("medvit.ssl.student", "DINOStudent"),
 }
 # each head's small variant, for smoke runs (``medvit run --smoke``): a few MB instead of hundreds
 TINY_HEAD_OPTIONS: dict[str, dict[str, Any]] = {
     "unetr": {"feature_size": 8},
     "funduseg": {"adapter_dim": 16},
     "cellvta": {"spm_width": 16, "decoder_width": 16},
+    "mae": {"decoder_dim": 48, "decoder_depth": 1, "decoder_heads": 2},
+    "dino": {"prototypes": 64, "hidden_dim": 32, "bottleneck_dim": 16},
 }
 _POSITIONAL = {"backbone", "num_classes", "out_channels", "num_types", "self"}
 

@@ -28,17 +28,19 @@ class BackboneSpec(_Strict):
 
 
 class AdapterSpec(_Strict):
-    """Parameter-efficient adapter injected into the backbone: ``none``, ``lora`` or ``adaptertune``."""
+    """Parameter-efficient adapter injected into the backbone: ``none``, ``lora``, ``adaptertune`` or
+    ``explora`` (ExPLoRA: last blocks and norms trained, LoRA on q/v elsewhere; for extended pre-training)."""
 
-    name: Literal["none", "lora", "adaptertune"] = "none"
+    name: Literal["none", "lora", "adaptertune", "explora"] = "none"
     options: dict[str, Any] = Field(default_factory=dict)
 
 
 class HeadSpec(_Strict):
     """What sits on the backbone: ``linear`` (classification), ``linear_seg`` (DINOv3 linear segmentation
-    probe), ``unetr`` (2D/3D segmentation), ``funduseg`` (FunduSegmenter) or ``cellvta`` (CellVTA)."""
+    probe), ``unetr`` (2D/3D segmentation), ``funduseg`` (FunduSegmenter), ``cellvta`` (CellVTA), or the
+    self-supervised ``mae`` (MAE decoder) and ``dino`` (DINO/iBOT heads)."""
 
-    name: Literal["linear", "linear_seg", "unetr", "funduseg", "cellvta"]
+    name: Literal["linear", "linear_seg", "unetr", "funduseg", "cellvta", "mae", "dino"]
     options: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -49,4 +51,4 @@ class ModelSpec(_Strict):
     backbone: BackboneSpec
     adapter: AdapterSpec = Field(default_factory=AdapterSpec)
     head: HeadSpec
-    num_classes: int = Field(ge=1)
+    num_classes: int = Field(ge=0)  # 0: no labels (self-supervised pre-training)

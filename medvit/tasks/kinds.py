@@ -54,6 +54,12 @@ class TaskKind:
         flip_tta: Whether flip-mirroring TTA is meaningful (the package records the spatial axes).
         package_fields: ``section -> {PackageSpec field: value}`` the package records from the section.
         labels_are_outputs: The package's ``labels`` count the model's output channels (checked on load).
+        labelled: Training reads the card's labels; ``False`` (self-supervised kinds): every case of any
+            card is used as an unlabelled image.
+        artifact: What a run leaves: a model ``package`` for predict, or an adapted ``backbone`` (exported in
+            medvit's format and its family's official layout) for fine-tuning pipelines.
+        module_options: ``pipeline config -> keyword arguments`` the LightningModule gets besides the
+            section's options (the pre-training probe reads the pipeline's transforms).
     """
 
     name: str
@@ -70,6 +76,9 @@ class TaskKind:
     flip_tta: bool = False
     package_fields: Callable[[TaskSection], dict[str, Any]] = lambda section: {}  # noqa: E731
     labels_are_outputs: bool = True
+    labelled: bool = True
+    artifact: Literal["package", "backbone"] = "package"
+    module_options: Callable[[Any], dict[str, Any]] = lambda cfg: {}  # noqa: E731
 
     def lightning_module(self) -> type:
         """The LightningModule class (imported here, on first use)."""

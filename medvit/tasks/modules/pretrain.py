@@ -1,0 +1,109 @@
+"""What the self-supervised LightningModules share: the trainable-fraction report, the k-NN probe, and the
+adapted backbone they hand to fine-tuning (LoRA merged into plain weights)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from medvit.adapters.lora import remove_lora
+from medvit.layers.params import parameter_report
+from medvit.tasks.modules.base import MedvitTask
+
+log = logging.getLogger(__name__)
+
+
+class PretrainTask(MedvitTask):
+    """Base of the ``mae`` and ``dino`` tasks.
+
+    Args:
+        probe: The ``task.probe`` section as plain data, or ``None``.
+        transforms: The pipeline's ``transforms:`` (the probe card is read through them, without augmentation).
+        **kwargs: See :class:`~medvit.tasks.modules.base.MedvitTask`.
+    """
+
+    def __init__(self, *args: Any, probe: dict | None = None, transforms: dict | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.probe_spec = dict(probe) if probe else None
+        self.transforms_spec = dict(transforms or {})
+        self._probe = None
+        self.probe_start: float | None = None
+
+    # -- what the run leaves ------------------------------------------------------------------------------
+
+    def trained_backbone(self) -> nn.Module:
+        """The backbone being adapted (DINO: the teacher's, which is the model DINO keeps)."""
+        return self.model.backbone
+
+    def export_backbone(self) -> nn.Module:
+        """A float32 CPU copy of :meth:`trained_backbone` with any LoRA merged into plain weights (the original
+        keys, loadable by ``create_backbone``)."""
+        backbone = copy.deepcopy(self.trained_backbone()).to("cpu", torch.float32).eval()
+        remove_lora(backbone)
+        for p in backbone.parameters():
+            p.requires_grad_(False)
+        return backbone
+
+    def official_extra(self, family: str) -> dict[str, torch.Tensor]:
+        """Tensors the family's official file keeps beside the encoder (an MAE decoder, DINOv3's mask token)."""
+        return {}
+
+    # -- reports --------------------------------------------------------------------------------------------
+
+    def trainable_report(self) -> dict[str, float]:
+        """Trainable share of the backbone (what ExPLoRA and LoRA keep small) and of the whole model."""
+        bb = parameter_report(self.model.backbone)
+        whole = parameter_report(self.model)
+        return {"backbone_trainable": bb["trainable"], "backbone_total": bb["total"],
+                "backbone_trainable_pct": bb["trainable_pct"], "model_trainable": whole["trainable"],
+                "model_total": whole["total"]}  # fmt: skip
+
+    def _log_now(self, metrics: dict[str, float], step: int) -> None:
+        if self.logger is not None and self.trainer.is_global_zero:
+            self.logger.log_metrics(metrics, step=step)
+
+    def on_fit_start(self) -> None:
+        report = self.trainable_report()
+        if self.trainer.is_global_zero:
+            print(
+                f"trainable: {report['backbone_trainable']:,} of {report['backbone_total']:,} backbone parameters "
+                f"({report['backbone_trainable_pct']:.2f}%); {report['model_trainable']:,} of "
+                f"{report['model_total']:,} in all (heads and decoder included)",
+                flush=True,
+            )
+        self._log_now({f"params/{k}": float(v) for k, v in report.items()}, step=0)
+        if self.probe_spec and self.trainer.global_step == 0 and self.probe_start is None:
+            self.probe_start = self.run_probe()
+            self._log_now({"probe/knn_acc": self.probe_start}, step=0)
+            if self.trainer.is_global_zero:
+                print(f"k-NN probe before pre-training: {self.probe_start:.4f}", flush=True)
+
+    # -- the probe ------------------------------------------------------------------------------------------
+
+    def run_probe(self) -> float:
+        """k-NN accuracy of the frozen backbone's features on the probe card (every rank computes the same)."""
+        if self._probe is None:
+            from medvit.ssl.probe import KnnProbe  # lazy: only runs with a probe
+
+            spec = dict(self.probe_spec)
+            spec.pop("every_n_epochs", None)
+            self._probe = KnnProbe(spec.pop("card"), transforms=self.transforms_spec, seed=0, **spec)
+        return float(self._probe.run(self.trained_backbone(), device=self.device))
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.probe_spec or self.trainer.sanity_checking:
+            return
+        if (self.current_epoch + 1) % int(self.probe_spec.get("every_n_epochs", 1)) == 0:
+            self.log("probe/knn_acc", self.run_probe(), sync_dist=False)
+            if self.probe_start is not None:
+                self.log("probe/knn_acc_start", self.probe_start, sync_dist=False)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["medvit_probe_start"] = self.probe_start
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.probe_start = checkpoint.get("medvit_probe_start")
