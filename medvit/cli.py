@@ -297,7 +297,11 @@ def backbones(
 
 def _artifact(result) -> str:
     """What a finished run left: ``package`` or ``backbone`` (a self-supervised run's export)."""
-    return "backbone" if result.package is not None and (Path(result.package) / "backbone.json").is_file() else "package"
+    return (
+        "backbone"
+        if result.package is not None and (Path(result.package) / "backbone.json").is_file()
+        else "package"
+    )
 
 
 @app.command(context_settings={"allow_extra_args": False})

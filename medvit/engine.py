@@ -524,7 +524,9 @@ def _train(checked: Checked, trainer: L.Trainer, run_dir: Path, run_json: dict, 
     return result
 
 
-def _finish_backbone(checked: Checked, trainer: L.Trainer, run_dir: Path, run_json: dict, logger, metrics) -> RunResult:
+def _finish_backbone(
+    checked: Checked, trainer: L.Trainer, run_dir: Path, run_json: dict, logger, metrics
+) -> RunResult:
     """End of a self-supervised run: the adapted backbone as it is after the last step (pre-training keeps the
     final model, not a "best" one) exported to ``run_dir/backbone``, logged to MLflow."""
     cfg, task = checked.cfg, checked.task
@@ -573,9 +575,10 @@ def write_backbone(task, cfg: PipelineConfig, folder: Path, *, run_id: str | Non
             "pipeline": cfg.name,
             "mlflow_run_id": run_id,
             "metrics": {k: v for k, v in metrics.items() if k.startswith(("val/", "probe/"))},
-            "load": f"medvit.create_backbone({entry.name!r}, weights='{files['medvit']}', img_size={tuple(img_size)}"
-            + "".join(f", {k}={v!r}" for k, v in options.items()) + ")",
-            "fine_tune": f"model.backbone.name={entry.name} model.backbone.weights=<this folder>/{files['medvit']}",
+            "load": f"medvit.create_backbone({entry.name!r}, weights={files['medvit']!r}, "
+            f"img_size={tuple(img_size)}" + "".join(f", {k}={v!r}" for k, v in options.items()) + ")",
+            "fine_tune": f"model.backbone.name={entry.name} "
+            f"model.backbone.weights=<this folder>/{files['medvit']}",
         }
         (tmp / "backbone.json").write_text(json.dumps(info, indent=2) + "\n")
     return folder

@@ -1,8 +1,9 @@
-"""Adapters that wrap a frozen (or lightly tuned) backbone without forking it: LoRA and AdapterTune.
+"""Adapters that wrap a frozen (or lightly tuned) backbone without forking it: LoRA, ExPLoRA and AdapterTune.
 Every adapter reports ``count_parameters(module) -> (trainable, total)`` (from :mod:`medvit.layers.params`,
 re-exported here). FunduSegmenter and CellVTA are heads: :mod:`medvit.heads`."""
 
 from medvit.adapters.adaptertune import apply_adaptertune, remove_adaptertune
+from medvit.adapters.explora import apply_explora
 from medvit.adapters.lora import (
     LoRALinear,
     apply_lora,
@@ -16,6 +17,7 @@ from medvit.layers.params import count_parameters, freeze, parameter_report, unf
 __all__ = [
     "LoRALinear",
     "apply_adaptertune",
+    "apply_explora",
     "apply_lora",
     "count_parameters",
     "freeze",

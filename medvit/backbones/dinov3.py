@@ -6,7 +6,7 @@ Original keys: ``cls_token``, ``storage_tokens``, ``mask_token``, ``rope_embed.p
 Hugging Face keys: ``embeddings.{cls_token,register_tokens,mask_token,patch_embeddings}``,
 ``layer.N.attention.{q,k,v,o}_proj`` (no key bias), ``layer.N.layer_scale{1,2}.lambda1``,
 ``layer.N.mlp.{gate,up,down}_proj``. Both map onto the medvit ViT with fused ``attn.qkv`` (key bias held at
-zero), ``reg_token``, ``ls*.gamma`` and fused SwiGLU ``mlp.w12``.
+zero), ``reg_token``, ``ls*.gamma`` and fused SwiGLU ``mlp.w12``. The export writes the original ``.pth``.
 """
 
 from __future__ import annotations
@@ -164,7 +164,46 @@ def _close(a: Any, b: Any) -> bool:
     return isinstance(a, float) and isinstance(b, int | float) and abs(a - b) <= 1e-9 * max(1.0, abs(a))
 
 
-DINOV3 = Family("DINOv3", normalise, DINOV3_DROPS, check_config, custom_filter=checkpoint_filter)
+def export_original(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """The original flat ``.pth``: ``storage_tokens``, qkv bias with its key third zero plus a float
+    ``bias_mask``, SwiGLU ``mlp.w1``/``mlp.w2``, ``rope_embed.periods`` and ``mask_token [1, D]``.
+
+    Extra tensors are written as-is after these; an extra ``mask_token`` replaces the zero one (reshaped to
+    ``[1, D]`` when it holds ``D`` values, e.g. a ``[1, 1, D]`` iBOT token).
+    """
+    own = set(model.state_dict())
+    masked = any(getattr(b.attn, "k_bias_mask", None) is not None for b in model.blocks)
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key not in own:
+            continue
+        if key == "reg_token":
+            out["storage_tokens"] = value
+        elif key.endswith((".mlp.w12.weight", ".mlp.w12.bias")):
+            stem, part = key.rsplit(".w12.", 1)
+            w1, w2 = value.chunk(2)
+            out[f"{stem}.w1.{part}"], out[f"{stem}.w2.{part}"] = w1.clone(), w2.clone()
+        elif key.endswith(".attn.qkv.bias") and masked:
+            mask = torch.ones_like(value)
+            mask[value.numel() // 3 : 2 * value.numel() // 3] = 0
+            out[key] = value * mask  # the key bias the model holds at zero
+            out[key + "_mask"] = mask
+        else:
+            out[key] = value
+    dtype = state["cls_token"].dtype if "cls_token" in state else torch.float32
+    out["mask_token"] = torch.zeros(1, model.embed_dim, dtype=dtype)
+    rope = getattr(model, "rope_embed", None)
+    if rope is not None:
+        out["rope_embed.periods"] = rope.periods.detach().cpu().clone()
+    out.update({k: v for k, v in state.items() if k not in own})
+    if out["mask_token"].numel() == model.embed_dim:
+        out["mask_token"] = out["mask_token"].reshape(1, model.embed_dim)
+    return out
+
+
+DINOV3 = Family(
+    "DINOv3", normalise, DINOV3_DROPS, check_config, custom_filter=checkpoint_filter, export=export_original
+)
 
 _HASHES = {
     "vits16": "08c60483",

@@ -4,7 +4,8 @@ learners for medical image segmentation", Medical Image Analysis 2025): the 3D V
 The released ``hi_end_mae_10k.pth`` is ``{'epoch', 'state_dict', 'optimizer', 'scaler'}``; the state dict has
 a DDP ``module.`` prefix, the encoder under ``encoder.``, its position embedding outside the encoder as
 ``encoder_pos_embed [1, 512, 1536]`` (8x8x8 grid for 96^3 crops, no CLS entry: the CLS token gets a zero
-position), and the decoder (``decoder*``, ``encoder_to_decoder*``, ``mask_token``), which is dropped.
+position), and the decoder (``decoder*``, ``encoder_to_decoder*``, ``mask_token``), which is dropped. The
+export writes ``{'state_dict': ...}`` in that layout back.
 
 Patch-embedding order. The authors apply ``Conv3d(k=s=12)`` to patchified voxels laid out channel-last,
 ``[ph, pw, pd, C]`` per token. Reshaping such a token back to ``[ph, pw, pd, C]`` and moving ``C`` first gives
@@ -22,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from torch import nn
 
 from medvit.backbones.checkpoints import strip_prefix, unwrap
 from medvit.backbones.registry import Family, PretrainedCfg, register
@@ -37,8 +39,23 @@ def normalise(obj: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     return strip_prefix(state, "encoder.")
 
 
+def export(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, Any]:
+    """``{'state_dict': {'module.encoder.<key>', 'module.encoder_pos_embed'}}``; extra tensors (the decoder,
+    ``mask_token``, ``encoder_to_decoder``) get the DDP ``module.`` prefix only."""
+    own = set(model.state_dict())
+    out = {}
+    for key, value in state.items():
+        if key == "pos_embed":
+            out["module.encoder_pos_embed"] = value
+        elif key in own:
+            out["module.encoder." + key] = value
+        else:
+            out["module." + key] = value
+    return {"state_dict": out}
+
+
 # the decoder is dropped; ``pos_embed`` is resampled trilinearly when the model's crop differs from 96^3
-HIENDMAE = Family("Hi-End-MAE", normalise, HIENDMAE_DROPS)
+HIENDMAE = Family("Hi-End-MAE", normalise, HIENDMAE_DROPS, export=export)
 
 
 @register(

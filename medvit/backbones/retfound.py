@@ -4,6 +4,7 @@ Nature 2023): the MAE ViT-L/16 checkpoints and the DINOv2 ViT-L/14 variant.
 MAE files are ``{'model': state_dict}`` with the MAE decoder; the encoder keys are timm's. The DINOv2 file is
 ``{'teacher': state_dict}`` with a ``backbone.`` prefix, DINO/iBOT heads and ``mlp.w12``/``mlp.w3`` names for
 what timm calls ``mlp.fc1``/``mlp.fc2`` (RETFound's ``main_finetune.py`` renames them the same way).
+``export_mae`` and ``export_dinov2`` write those layouts back (:func:`~medvit.backbones.save_official`).
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from torch import nn
 
-from medvit.backbones.checkpoints import strip_prefix, unwrap
+from medvit.backbones.checkpoints import matches, strip_prefix, unwrap
 from medvit.backbones.registry import Family, PretrainedCfg, register
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -38,8 +40,13 @@ def normalise_mae(obj: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     return strip_prefix(unwrap(obj), "module.")
 
 
+def export_mae(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, Any]:
+    """``{'model': state_dict}`` with timm keys (medvit's own); extra tensors (decoder, ``mask_token``) as-is."""
+    return {"model": dict(state)}
+
+
 # the decoder and ``mask_token`` are dropped; ``pos_embed`` is resampled (bicubic, CLS kept) to the model grid
-MAE = Family("RETFound MAE", normalise_mae, MAE_DROPS)
+MAE = Family("RETFound MAE", normalise_mae, MAE_DROPS, export=export_mae)
 
 
 def _retfound_cfg(tag: str, modality: str) -> PretrainedCfg:
@@ -87,7 +94,24 @@ def normalise_dinov2(obj: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     return out
 
 
-DINOV2 = Family("RETFound DINOv2", normalise_dinov2, DINOV2_DROPS)
+_DINOV2_TOP_LEVEL = ("dino_head.*", "ibot_head.*", "dino_loss.*", "ibot_patch_loss.*")  # not under backbone.
+
+
+def export_dinov2(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, Any]:
+    """``{'teacher': {'backbone.' + key}}`` with ``mlp.fc1/fc2`` named ``mlp.w12/w3``; extra DINO/iBOT heads stay
+    at the top of the teacher dict, other extra tensors (``mask_token``) go under ``backbone.``."""
+    teacher = {}
+    for key, value in state.items():
+        if matches(key, _DINOV2_TOP_LEVEL):
+            teacher[key] = value
+            continue
+        for official, ours in _DINOV2_RENAMES:
+            key = key.replace(ours, official)
+        teacher["backbone." + key] = value
+    return {"teacher": teacher}
+
+
+DINOV2 = Family("RETFound DINOv2", normalise_dinov2, DINOV2_DROPS, export=export_dinov2)
 
 
 @register(

@@ -2,7 +2,8 @@
 Nature Medicine 2024), the ViT-L/16 backbone CellVTA builds on.
 
 The file is timm's flat ``pytorch_model.bin`` (no head): LayerScale ``ls1/ls2.gamma``, learned
-``pos_embed [1, 197, 1024]`` resampled to the input grid (CellVTA runs at 256, i.e. 16x16 tokens).
+``pos_embed [1, 197, 1024]`` resampled to the input grid (CellVTA runs at 256, i.e. 16x16 tokens). The
+export writes that flat state dict back.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from torch import nn
 
 from medvit.backbones.checkpoints import strip_prefix, unwrap
 from medvit.backbones.registry import Family, PretrainedCfg, register
@@ -23,7 +25,12 @@ def normalise(obj: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     return strip_prefix(strip_prefix(unwrap(obj), "module."), "encoder.")
 
 
-UNI = Family("UNI", normalise, UNI_DROPS)  # pos embed resampled bicubically to the model grid
+def export(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """The flat timm state dict of ``pytorch_model.bin`` (medvit's keys are timm's); extra tensors as-is."""
+    return dict(state)
+
+
+UNI = Family("UNI", normalise, UNI_DROPS, export=export)  # pos embed resampled bicubically to the model grid
 
 
 @register(

@@ -3,7 +3,8 @@ Modeling", MICCAI 2024): the ViT-B/16 encoder of the pre-training checkpoint.
 
 The pre-training file is ``{'model', 'optimizer', 'epoch', 'scaler', 'args'}``; ``args`` is a pickled
 ``argparse.Namespace``, so it needs ``trust_pickle=True``. Besides the encoder it carries the MAE decoder,
-``mask_token`` and the BERT branch (``bert_encoder.*``, ``bert_mlp.*``), all dropped.
+``mask_token`` and the BERT branch (``bert_encoder.*``, ``bert_mlp.*``), all dropped. The export writes
+``{'model': state_dict}`` (RETFound's ``export_mae``), without the pickled ``args``.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 from medvit.backbones.registry import Family, PretrainedCfg, register
-from medvit.backbones.retfound import IMAGENET_MEAN, IMAGENET_STD, normalise_mae
+from medvit.backbones.retfound import IMAGENET_MEAN, IMAGENET_STD, export_mae, normalise_mae
 
 URFOUND_DROPS = ("mask_token", "decoder_*", "decoder.*", "bert_*")
 
-URFOUND = Family("UrFound", normalise_mae, URFOUND_DROPS)
+URFOUND = Family("UrFound", normalise_mae, URFOUND_DROPS, export=export_mae)
 
 
 @register(

@@ -257,9 +257,7 @@ class VisionTransformer(nn.Module):
         rope = self.rope_embed(grid, num_prefix_tokens=self.num_prefix_tokens) if self.rope_embed else None
         if rope is not None and keep is not None:
             p = self.num_prefix_tokens
-            rope = tuple(
-                torch.cat([r[:p].expand(b, p, -1), r[p:][keep]], dim=1).unsqueeze(1) for r in rope
-            )
+            rope = tuple(torch.cat([r[:p].expand(b, p, -1), r[p:][keep]], dim=1).unsqueeze(1) for r in rope)
         return x, grid, rope
 
     def forward_tokens(

@@ -120,10 +120,45 @@ class Synthetic(_Strict):
     seed: int = 0
 
 
+# the single-file formats :func:`medvit.io.read_image` reads (DICOM folders aside); what image_folder collects
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".nii", ".nii.gz")
+
+
+class ImageFolder(_Strict):
+    """Unlabelled images anywhere under a folder, for self-supervised pre-training: one case per image file.
+
+    With ``dicom_series``, a folder directly holding DICOM files (``.dcm`` or the ``DICM`` magic; not
+    ``DICOMDIR``) is one case, read as :func:`medvit.io.read_image` reads a folder; its files are not cases.
+    Hidden files and folders are skipped, symbolic links to folders are not followed.
+    """
+
+    type: Literal["image_folder"]
+    images_dir: str = "."
+    recursive: bool = True
+    extensions: list[str] = Field(default_factory=lambda: list(IMAGE_EXTENSIONS))
+    dicom_series: bool = True
+
+    @field_validator("extensions")
+    @classmethod
+    def _readable(cls, v: list[str]) -> list[str]:
+        from medvit.io.image2d import IMAGE2D_SUFFIXES  # lazy: the io readers only when a card lists its own
+        from medvit.io.nifti import NIFTI_SUFFIXES
+
+        known = (*IMAGE2D_SUFFIXES, *NIFTI_SUFFIXES, ".dcm")
+        out = [e.lower() if e.startswith(".") else f".{e.lower()}" for e in v]
+        unknown = [e for e in out if e not in known]
+        if not out or unknown:
+            raise ValueError(f"{unknown or 'none'} not formats medvit reads; known: {', '.join(known)}")
+        return list(dict.fromkeys(out))
+
+
 Layout = Annotated[
-    FolderPairs | Refuge | Datalist | Msd | NnUNet | PanNuke | Conic | Synthetic, Field(discriminator="type")
+    FolderPairs | Refuge | Datalist | Msd | NnUNet | PanNuke | Conic | ImageFolder | Synthetic,
+    Field(discriminator="type"),
 ]
-LAYOUT_TYPES = ("folder_pairs", "refuge", "datalist", "msd", "nnunet", "pannuke", "conic", "synthetic")
+LAYOUT_TYPES = (
+    "folder_pairs", "refuge", "datalist", "msd", "nnunet", "pannuke", "conic", "image_folder", "synthetic"
+)  # fmt: skip
 
 
 class Splits(_Strict):
@@ -166,7 +201,7 @@ class DataCard(_Strict):
     description: str
     modality: str
     spatial_dims: Literal[2, 3]
-    task: Literal[CARD_TASKS]  # what the labels are; the task kinds say which they train on
+    task: Literal[CARD_TASKS]  # what the labels are (or "unlabelled"); the task kinds say which they train on
     labels: dict[int, str]
     intended_use: str
     source: str
@@ -183,12 +218,16 @@ class DataCard(_Strict):
     @model_validator(mode="after")
     def _labels_fit_task(self) -> DataCard:
         keys = sorted(self.labels)
+        if isinstance(self.layout, ImageFolder) and self.task != "unlabelled":
+            raise ValueError(
+                f"task: an image_folder layout has no labels: must be 'unlabelled', not {self.task!r}"
+            )
         if self.task in ("segmentation", "instance"):
             if keys[:1] != [0] or len(keys) < 2:
                 raise ValueError(f"labels: a {self.task} card needs 0 (background) and at least one class")
             if keys != list(range(len(keys))):
                 raise ValueError(f"labels: values must be 0..{len(keys) - 1} without gaps, got {keys}")
-        else:
+        elif self.task != "unlabelled":  # an unlabelled card's labels map (often {}) goes unchecked
             if len(keys) < (2 if self.task == "classification" else 1):
                 raise ValueError(f"labels: a {self.task} card needs at least 2 classes")
             if keys != list(range(len(keys))):
@@ -210,7 +249,7 @@ def _error_line(err: ValidationError, source: str) -> str:
     def bad_layout(e: dict) -> str:
         return f"unknown layout type {e.get('input', {}).get('type')!r}; known: {', '.join(LAYOUT_TYPES)}"
 
-    return validation_line(err, source, messages={"union_tag_invalid": bad_layout})
+    return validation_line(err, source, messages={"union_tag_invalid": bad_layout}, tags=LAYOUT_TYPES)
 
 
 def parse_card(data: Any, source: str = "<card>") -> DataCard:

@@ -45,6 +45,9 @@ class MedvitDataModule(L.LightningDataModule):
         cache: Keep every case's deterministic part in memory (MONAI ``CacheDataset``).
         limit_cases: Use only the first ``limit_cases`` cases of each split (smoke runs).
         seed: Seed of shuffling and augmentation.
+        labelled: ``False`` for self-supervised pre-training: every case of the card is used with its label
+            dropped, whatever the card's task (a labelled card serves as unlabelled data too), and samples
+            hold ``image`` and ``id`` only.
     """
 
     def __init__(
@@ -59,12 +62,14 @@ class MedvitDataModule(L.LightningDataModule):
         cache: bool = False,
         limit_cases: int | None = None,
         seed: int = 0,
+        labelled: bool = True,
     ) -> None:
         super().__init__()
         self.card = card if isinstance(card, DataCard) else load_card(card)
         self.root = None if root in (None, "") else str(root)
         self.transforms = parse_transforms(transforms)
-        self.task = self.card.task  # the label type: which targets the transforms build
+        self.labelled = labelled
+        self.task = self.card.task if labelled else "unlabelled"  # the label type: which targets are built
         for name, value in (("batch_size", batch_size), ("val_batch_size", val_batch_size)):
             if value < 1:
                 raise ConfigError(f"{name}: must be at least 1, got {value}")
@@ -101,7 +106,7 @@ class MedvitDataModule(L.LightningDataModule):
 
     @property
     def multilabel(self) -> bool:
-        return self.card.task == "multilabel"
+        return self.task == "multilabel"
 
     @property
     def preprocess(self):
@@ -119,12 +124,16 @@ class MedvitDataModule(L.LightningDataModule):
         if not cases:
             raise InputError(f"{self.root}: card {card.name!r} found no cases")
         splits = split_cases(cases, card.splits)
-        unlabelled = sum(c.get("label") is None for s in splits.values() for c in s)
-        if unlabelled:
-            log.info("card %s: %d cases without a label left out", card.name, unlabelled)
-        splits = {k: [c for c in v if c.get("label") is not None] for k, v in splits.items()}
+        if self.labelled:
+            unlabelled = sum(c.get("label") is None for s in splits.values() for c in s)
+            if unlabelled:
+                log.info("card %s: %d cases without a label left out", card.name, unlabelled)
+            splits = {k: [c for c in v if c.get("label") is not None] for k, v in splits.items()}
+        else:  # self-supervised: every case, its label dropped
+            splits = {k: [{**c, "label": None} for c in v] for k, v in splits.items()}
         if not splits["train"]:
-            raise InputError(f"{self.root}: card {card.name!r} has no labelled training cases")
+            what = "labelled training" if self.labelled else "training"
+            raise InputError(f"{self.root}: card {card.name!r} has no {what} cases")
         if self.limit_cases:
             splits = {k: v[: self.limit_cases] for k, v in splits.items()}
         return splits
@@ -217,8 +226,9 @@ class MedvitDataModule(L.LightningDataModule):
                 if isinstance(cause, InputError) and str(case["id"]) in str(cause):
                     raise InputError(f"card {self.card.name!r}, {split}: {one_line(cause)}") from None
                 raise InputError(f"{where} ({case.get('image')}): {one_line(cause)}") from None
-            for sample in out if isinstance(out, list) else [out]:
-                self._check_values(sample, where)
+            if self.labelled:
+                for sample in out if isinstance(out, list) else [out]:
+                    self._check_values(sample, where)
 
     def _check_values(self, sample: dict, where: str) -> None:
         allowed = set(self.card.labels)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from medvit.data.cards import (
     DataCard,
     Datalist,
     FolderPairs,
+    ImageFolder,
     Msd,
     NnUNet,
     PanNuke,
@@ -189,6 +192,70 @@ def _conic(layout: Conic, root: Path, problems: list[str]) -> list[Case]:
     ]  # fmt: skip
 
 
+def _is_dicom(path: Path) -> bool:
+    """A DICOM part-10 file: a ``.dcm`` name or the ``DICM`` magic after the 128-byte preamble."""
+    if path.name.upper() == "DICOMDIR":  # a media index, not an image: its folder is not a series
+        return False
+    if path.suffix.lower() == ".dcm":
+        return True
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return head[128:132] == b"DICM"
+
+
+def _image_folder(layout: ImageFolder, root: Path, problems: list[str]) -> list[Case]:
+    """Every image under ``images_dir``; with ``dicom_series``, each folder holding DICOM files as one case."""
+    folder = root / layout.images_dir
+    if not folder.is_dir():
+        raise InputError(f"{folder}: images folder of the layout does not exist")
+    extensions = sorted(layout.extensions, key=len, reverse=True)  # the longest suffix that matches
+    found: list[tuple[str, Path]] = []  # (id before de-duplication, file or DICOM folder)
+    series: list[Path] = []
+    for here, dirs, files in os.walk(folder, followlinks=False):  # links to folders are not entered: no loops
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if layout.recursive else []
+        here = Path(here)
+        rel = here.relative_to(folder)
+        dicom = False
+        for name in sorted(f for f in files if not f.startswith(".")):
+            path = here / name
+            if not path.is_file():  # dangling or looping links, pipes, devices
+                continue
+            ext = next((e for e in extensions if name.lower().endswith(e)), None)
+            if layout.dicom_series and (ext is None or ext == ".dcm") and _is_dicom(path):
+                dicom = True
+            elif ext is not None:
+                found.append(((rel / name[: -len(ext)]).as_posix(), path))
+        if dicom:
+            series.append(here)
+            found.append((rel.as_posix() if rel.parts else folder.resolve().name or "series", here))
+    holders = set(series)
+    for inner in series:
+        outer = next((p for p in inner.parents if p in holders), None)
+        if outer is not None:
+            problems.append(
+                f"{outer}: DICOM files here and in its sub-folder {inner.relative_to(outer)}; a DICOM folder is "
+                "read with its sub-folders, so give each series its own folder"
+            )
+    if not found:
+        kinds = ", ".join(layout.extensions) + (", DICOM series" if layout.dicom_series else "")
+        raise InputError(f"{folder}: no images found ({kinds})")
+    ids = [stem.replace("/", "__") for stem, _ in found]
+    counts = Counter(ids)
+    cases, seen = [], set()
+    for cid, (_, path) in zip(ids, found, strict=True):
+        if counts[cid] > 1:  # a.png beside a.jpg: keep the suffix to tell them apart
+            cid = path.relative_to(folder).as_posix().replace("/", "__")
+        unique, n = cid, 2
+        while unique in seen:  # "a__b.png" beside "a/b.png"
+            unique, n = f"{cid}__{n}", n + 1
+        seen.add(unique)
+        cases.append({"id": unique, "image": str(path), "label": None, "split": None, "group": unique})
+    return sorted(cases, key=lambda c: c["id"])
+
+
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise InputError(f"{path}: dataset.json does not exist")
@@ -206,6 +273,7 @@ ADAPTERS: dict[type, Callable[[Any, Path, list[str]], list[Case]]] = {
     NnUNet: _nnunet,
     PanNuke: _pannuke,
     Conic: _conic,
+    ImageFolder: _image_folder,
 }
 
 

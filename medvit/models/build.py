@@ -10,7 +10,7 @@ from typing import Any
 from torch import nn
 
 from medvit.backbones import create_backbone
-from medvit.errors import ConfigError, one_line
+from medvit.errors import ConfigError, MedvitError, one_line
 from medvit.models.spec import ModelSpec
 
 # registered name -> (module, attribute); imported only when a spec names it
@@ -79,6 +79,12 @@ def build_model(spec: ModelSpec | dict[str, Any], *, load_weights: bool = True) 
             raise ConfigError(f"model.adapter ({spec.adapter.name}): {one_line(exc)}") from exc
     head = _resolve("head", spec.head.name, spec.head.options)
     try:
-        return head(backbone, spec.num_classes, **spec.head.options)  # classes, or nuclei types for CellVTA
+        model = head(backbone, spec.num_classes, **spec.head.options)  # classes, or nuclei types for CellVTA
+    except MedvitError:
+        raise  # a weights file that does not fit names its file itself
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"model.head ({spec.head.name}): {one_line(exc)}") from exc
+    report = getattr(backbone, "load_report", None)
+    if report is not None:
+        report.dropped_state = {}  # what the file held beside the backbone, for heads that use it (MAE decoder)
+    return model

@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from medvit.backbones.checkpoints import CheckpointError
@@ -197,7 +196,9 @@ class MaskedAutoencoder(nn.Module):
         if preset is None:
             return dict(DECODER_PRESETS["mae"])
         if preset not in DECODER_PRESETS:
-            raise ValueError(f"preset must be 'auto', {', '.join(map(repr, DECODER_PRESETS))} or null, got {preset!r}")
+            raise ValueError(
+                f"preset must be 'auto', {', '.join(map(repr, DECODER_PRESETS))} or null, got {preset!r}"
+            )
         return dict(DECODER_PRESETS[preset])
 
     @torch.no_grad()
@@ -231,14 +232,18 @@ class MaskedAutoencoder(nn.Module):
         if pos is not None and pos.ndim == 3 and pos.shape != own["decoder_pos_embed"].shape:
             prefix = self.backbone.num_prefix_tokens
             if pos.shape[-1] == own["decoder_pos_embed"].shape[-1] and pos.shape[1] > prefix:
-                stored["decoder_pos_embed"] = resample_abs_pos_embed(pos, self.backbone.grid, num_prefix_tokens=prefix)
+                stored["decoder_pos_embed"] = resample_abs_pos_embed(
+                    pos, self.backbone.grid, num_prefix_tokens=prefix
+                )
         missing = sorted(set(own) - set(stored))
         unexpected = sorted(set(stored) - set(own))
         shapes = sorted(f"{k} {tuple(stored[k].shape)} vs {tuple(own[k].shape)}"
                         for k in set(own) & set(stored) if stored[k].shape != own[k].shape)  # fmt: skip
         if missing or unexpected or shapes:
-            parts = [f"{what}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
-                     for what, keys in (("missing", missing), ("unexpected", unexpected), ("shapes", shapes)) if keys]  # fmt: skip
+            found = (("missing", missing), ("unexpected", unexpected), ("shapes", shapes))
+            parts = [
+                f"{what}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}" for what, keys in found if keys
+            ]
             raise CheckpointError(
                 f"{path}: the file's MAE decoder does not fit model.head (decoder_dim "
                 f"{self.decoder_options['decoder_dim']}, depth {self.decoder_options['decoder_depth']}): "
@@ -305,8 +310,8 @@ class MaskedAutoencoder(nn.Module):
             # encoder features of the visible tokens, with their decoder positions, as keys and values
             keep_pos = pos[:, p:].expand(b, -1, -1)
             visible = restore.argsort(dim=1)[:, : latent.shape[1] - p]
-            mem_pos = torch.cat([pos[:, :p].expand(b, -1, -1),
-                                 torch.gather(keep_pos, 1, visible.unsqueeze(-1).expand(-1, -1, pos.shape[-1]))], 1)  # fmt: skip
+            visible_pos = torch.gather(keep_pos, 1, visible.unsqueeze(-1).expand(-1, -1, pos.shape[-1]))
+            mem_pos = torch.cat([pos[:, :p].expand(b, -1, -1), visible_pos], dim=1)
             for proj, blk, h in zip(self.encoder_to_decoder, self.decoder_cross_blocks, hidden, strict=True):
                 x = blk(x, proj(h) + mem_pos)
         x = self.decoder_norm(x)
@@ -314,7 +319,8 @@ class MaskedAutoencoder(nn.Module):
 
     def reconstruct(self, out: dict[str, torch.Tensor], images: torch.Tensor) -> torch.Tensor:
         """The reconstruction in image space ``[B, C, *S]``: visible patches from the input, masked ones from the
-        prediction (de-normalised with each patch's own mean and variance when the loss was per-patch normalised)."""
+        prediction (de-normalised with each patch's own mean and variance when the loss was per-patch
+        normalised)."""
         target = patchify(images, self.patch_size).float()
         mean = target.mean(dim=-1, keepdim=True)
         std = (target.var(dim=-1, keepdim=True) + 1e-6).sqrt()

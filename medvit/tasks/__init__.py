@@ -1,4 +1,5 @@
-"""Task kinds, one module each (classification, segmentation, cells, and the self-supervised mae and dino): the pipeline section and the
+"""Task kinds, one module each (classification, segmentation, cells; the self-supervised mae and dino): the
+pipeline section and the
 :class:`~medvit.tasks.kinds.TaskKind` that declares everything about the kind; their LightningModules live in
 ``medvit.tasks.modules`` and load only for training. A new kind is one module plus one line below (or
 :func:`register_kind`)."""

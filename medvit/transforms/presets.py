@@ -14,8 +14,9 @@ Presets:
 Every sample is a dict with ``image`` (float32 ``[C, *S]``; a MetaTensor for 3D), ``id`` and the targets:
 ``label`` long ``[1, *S]`` (segmentation), ``label`` long scalar or float multi-hot ``[K]``
 (classification), or ``np_map``/``hv_map``/``tp_map``/``inst_map`` (cells, see
-:class:`~medvit.transforms.hover.HoverTargets`). 3D segmentation training yields ``samples_per_volume`` crops
-per case as a list of such dicts; collate with :func:`monai.data.list_data_collate`.
+:class:`~medvit.transforms.hover.HoverTargets`); ``unlabelled`` samples (self-supervised pre-training) have
+none. 3D segmentation and unlabelled training yield ``samples_per_volume`` crops per case as a list of such
+dicts; collate with :func:`monai.data.list_data_collate`.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 CT_WINDOW = [-175.0, 250.0]
 PATCH_3D = [96, 96, 96]
-# what a data card's labels are (its ``task``): the targets these presets build for each
-CARD_TASKS = ("segmentation", "classification", "multilabel", "instance")
+# what a data card's labels are (its ``task``): the targets these presets build for each (none for unlabelled)
+CARD_TASKS = ("segmentation", "classification", "multilabel", "instance", "unlabelled")
 SPLITS = ("train", "val", "test")
 
 _VOLUME = ("ct", "mri")
@@ -49,7 +50,7 @@ class TransformsSpec(BaseModel):
         window: CT only: HU window ``[a_min, a_max]`` mapped to [0, 1]; default [-175, 250].
         resize: Resize every image to this size (2D network input, e.g. ``[224, 224]``).
         patch_size: Training crop (and the inference window): default ``[96, 96, 96]`` for 3D, none for 2D.
-        samples_per_volume: Crops taken per case and epoch by segmentation training.
+        samples_per_volume: Crops taken per case and epoch by 3D segmentation and unlabelled training.
         pos_fraction: Probability that a segmentation crop is centred on a foreground voxel.
         normalisation: ``imagenet``, ``half`` (mean = std = 0.5) or ``none``; default ImageNet for
             ``fundus``/``photo``, ``half`` for ``he``, ``none`` for ``ct``/``mri``.
@@ -201,8 +202,10 @@ def build_transforms(
     Args:
         spec: The ``transforms:`` section.
         task: The data card's label type (:data:`CARD_TASKS`): ``segmentation`` (label maps),
-            ``classification``, ``multilabel`` (multi-hot) or ``instance`` (nuclei: HoVer targets).
-        split: ``train`` (cropping and augmentation), ``val`` or ``test`` (deterministic; 3D volumes whole).
+            ``classification``, ``multilabel`` (multi-hot), ``instance`` (nuclei: HoVer targets) or
+            ``unlabelled`` (images only, for self-supervised pre-training).
+        split: ``train`` (cropping and augmentation), ``val`` or ``test`` (deterministic; 3D volumes whole,
+            except unlabelled ones: centre-cropped to ``patch_size`` so that any volume batches).
         spatial_dims: 2 or 3.
         label_remap: The card's stored value -> class mapping for label images (REFUGE).
         num_classes: Classes of the task: the multi-hot size for multi-label classification (required
@@ -228,21 +231,25 @@ def build_transforms(
         preprocess_spec(spec, spatial_dims=spatial_dims), keys=["image"], label_keys=labels
     )
     if split == "train":
-        chain += _crop(spec, task, labels, num_classes)
+        chain += _crop(spec, task, labels, num_classes, spatial_dims)
         if spec.augment:
             chain += _augment(spec, task, spatial_dims, labels)
+    elif task == "unlabelled" and spatial_dims == 3:
+        chain += _centre_crop(spec)
     chain += _outputs(task, spatial_dims, num_classes if multilabel else None)
     return Compose(chain)
 
 
-def _crop(spec: TransformsSpec, task: str, labels: list[str], num_classes: int | None) -> list:
+def _crop(spec: TransformsSpec, task: str, labels: list[str], num_classes: int | None, spatial_dims: int) -> list:
     """Pad to the patch, then crop: segmentation crops are centred on a foreground voxel with probability
     ``pos_fraction``, split evenly over the foreground classes when their number is known (nnU-Net-style
-    oversampling, so that small organs are seen as often as large ones)."""
+    oversampling, so that small organs are seen as often as large ones); unlabelled volumes give
+    ``samples_per_volume`` uniformly placed crops."""
     from monai.transforms import (  # lazy: keeps medvit cards list free of MONAI
         RandCropByLabelClassesd,
         RandCropByPosNegLabeld,
         RandSpatialCropd,
+        RandSpatialCropSamplesd,
         SpatialPadd,
     )
 
@@ -274,9 +281,24 @@ def _crop(spec: TransformsSpec, task: str, labels: list[str], num_classes: int |
             num_samples=spec.samples_per_volume,
             **body,
         )
+    elif task == "unlabelled" and spatial_dims == 3:
+        crop = RandSpatialCropSamplesd(
+            keys, roi_size=spec.patch_size, num_samples=spec.samples_per_volume, random_size=False
+        )
     else:
         crop = RandSpatialCropd(keys, roi_size=spec.patch_size, random_size=False)
     return [pad, crop]
+
+
+def _centre_crop(spec: TransformsSpec) -> list:
+    """Evaluation of unlabelled volumes: pad to the patch, then its centre (whole volumes of any size would
+    neither batch nor fit in memory)."""
+    from monai.transforms import CenterSpatialCropd, SpatialPadd  # lazy: keeps medvit cards list free of MONAI
+
+    return [
+        SpatialPadd("image", spatial_size=spec.patch_size),
+        CenterSpatialCropd("image", roi_size=spec.patch_size),
+    ]
 
 
 def _augment(spec: TransformsSpec, task: str, spatial_dims: int, labels: list[str]) -> list:
@@ -284,7 +306,7 @@ def _augment(spec: TransformsSpec, task: str, spatial_dims: int, labels: list[st
 
     if spatial_dims == 3:
         return augment.volume_augment(["image"], labels)
-    if task == "instance":
+    if task == "instance" or (task == "unlabelled" and spec.preset == "he"):
         return augment.he_augment(["image"], labels)
     if task == "segmentation":
         return augment.fundus_augment(["image"], labels)
@@ -300,6 +322,8 @@ def _outputs(task: str, spatial_dims: int, num_classes: int | None) -> list:
     if task == "segmentation":
         out.append(EnsureTyped("label", dtype=torch.long, track_meta=meta))
         targets = ["label"]
+    elif task == "unlabelled":
+        targets = []
     elif task in ("classification", "multilabel"):
         from medvit.transforms.labels import ClassLabeld  # lazy: keeps medvit cards list free of MONAI
 

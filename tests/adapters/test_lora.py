@@ -99,3 +99,72 @@ def test_bad_arguments(kwargs, match):
 def test_lora_linear_rejects_non_linear():
     with pytest.raises(ValueError, match="base"):
         LoRALinear(nn.Conv2d(1, 1, 1))
+
+
+# -- row LoRA: q/k/v targets on the fused qkv --------------------------------------------------------------
+
+
+def test_row_lora_linear_touches_only_its_rows():
+    torch.manual_seed(0)
+    base = nn.Linear(6, 9)
+    layer = LoRALinear(copy.deepcopy(base), rank=2, rows=[7, 0, 1, 6])  # any order; stored sorted
+    assert layer.lora_rows.tolist() == [0, 1, 6, 7] and layer.lora_b.shape == (4, 2)
+    assert "lora_rows" not in layer.state_dict()
+    layer.lora_b.data.normal_()
+    delta = layer.delta_weight()
+    assert torch.equal(delta[2:6], torch.zeros(4, 6)) and delta[8].abs().sum() == 0
+    x = torch.randn(5, 6)
+    out = layer(x)
+    torch.testing.assert_close(out, nn.functional.linear(x, layer.weight, layer.bias))
+    assert torch.equal(out[:, 2:6], base(x)[:, 2:6])
+    out.pow(2).sum().backward()
+    assert layer.lora_b.grad is not None and layer.lora_b.grad.abs().sum() > 0
+    layer.merge()
+    torch.testing.assert_close(layer(x), out.detach())
+    assert torch.equal(layer.base.weight[2:6], base.weight[2:6]) and torch.equal(
+        layer.base.weight[8], base.weight[8]
+    )
+    layer.unmerge()
+    assert torch.equal(layer.base.weight[2:6], base.weight[2:6])
+    torch.testing.assert_close(layer.base.weight, base.weight)
+
+
+@pytest.mark.parametrize(
+    ("rows", "match"), [([], "non-empty"), ([0, 9], r"\[0, 9\)"), ([-1], r"\[0, 9\)"), ([1, 1], "distinct")]
+)
+def test_row_lora_bad_rows(rows, match):
+    with pytest.raises(ValueError, match=match):
+        LoRALinear(nn.Linear(6, 9), rows=rows)
+
+
+def test_q_and_v_targets_share_one_layer_and_count():
+    b = tiny_2d()
+    d = b.embed_dim
+    apply_lora(b, rank=2, targets=("q", "v"))
+    layers = lora_layers(b)
+    assert len(layers) == len(b.blocks)
+    assert layers[0].lora_rows.tolist() == list(range(d)) + list(range(2 * d, 3 * d))
+    assert count_parameters(b)[0] == len(b.blocks) * (2 * d + 2 * d * 2)
+    # a whole-layer target on the same layer wins; all three row targets are the whole layer too
+    for targets in (("q", "qkv"), ("q", "k", "v")):
+        c = apply_lora(tiny_2d(depth=1), rank=2, targets=targets)
+        assert lora_layers(c)[0].lora_rows is None and lora_layers(c)[0].lora_b.shape == (3 * d, 2)
+    k_only = apply_lora(tiny_2d(depth=1), rank=2, targets="k")
+    assert lora_layers(k_only)[0].lora_rows.tolist() == list(range(d, 2 * d))
+
+
+def test_row_lora_on_a_backbone_starts_equal_merges_and_removes(backbone_and_input):
+    backbone, x = backbone_and_input
+    backbone.eval()
+    keys = set(backbone.state_dict())
+    ref = backbone.forward_features(x)
+    apply_lora(backbone, rank=4, targets=("q", "v", "proj"))
+    assert torch.equal(backbone.forward_features(x), ref)
+    _randomise(backbone)
+    unmerged = backbone.forward_features(x)
+    assert not torch.allclose(unmerged, ref)
+    merge_lora(backbone)
+    torch.testing.assert_close(backbone.forward_features(x), unmerged, atol=1e-5, rtol=1e-4)
+    remove_lora(backbone)
+    assert set(backbone.state_dict()) == keys
+    torch.testing.assert_close(backbone.forward_features(x), unmerged, atol=1e-5, rtol=1e-4)

@@ -111,7 +111,9 @@ class DINOTask(PretrainTask):
                           global_scale=self.global_crop_scale, local_scale=self.local_crop_scale,
                           generator=generator)  # fmt: skip
 
-    def _losses(self, images: torch.Tensor, n_local: int, generator=None, *, train: bool) -> dict[str, torch.Tensor]:
+    def _losses(
+        self, images: torch.Tensor, n_local: int, generator=None, *, train: bool
+    ) -> dict[str, torch.Tensor]:
         b = images.shape[0]
         globals_, locals_ = self._crops(images, n_local, generator)
         g = torch.cat(globals_)

@@ -61,10 +61,12 @@ class MAETask(PretrainTask):
             return
         n = min(4, images.shape[0])
         images = images[:n].float()
-        out = {k: (v[:n] if k != "grid" else v) for k, v in out.items()}
+        out = {k: (v[:n] if k in ("pred", "mask", "target") else v) for k, v in out.items()}
         panels = [images, self.model.masked_input(out, images), self.model.reconstruct(out, images)]
         picture = reconstruction_picture(panels)
-        logger.experiment.log_image(logger.run_id, picture, artifact_file=f"reconstructions/epoch_{self.current_epoch + 1:04d}.png")
+        logger.experiment.log_image(
+            logger.run_id, picture, artifact_file=f"reconstructions/epoch_{self.current_epoch + 1:04d}.png"
+        )
 
 
 def reconstruction_picture(panels: list[torch.Tensor]) -> np.ndarray:

@@ -26,7 +26,9 @@ class PretrainTask(MedvitTask):
         **kwargs: See :class:`~medvit.tasks.modules.base.MedvitTask`.
     """
 
-    def __init__(self, *args: Any, probe: dict | None = None, transforms: dict | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, probe: dict | None = None, transforms: dict | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.probe_spec = dict(probe) if probe else None
         self.transforms_spec = dict(transforms or {})

@@ -1,0 +1,1 @@
+"""Self-supervised pre-training parts: masking, crops, the DINO/iBOT objective, the k-NN probe."""
