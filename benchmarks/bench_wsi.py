@@ -47,11 +47,13 @@ for that alone, and torch's OpenMP threads suffer most (use ``--threads 1`` ther
 The pipelines alternate over ``--repeats`` and the minimum is quoted. Both pipelines' nuclei are matched to the
 slide's (centroids < 3 px apart at level 0, one-to-one, closest first) and to each other.
 
-Experiments on medvit (monkeypatched in its child only): ``--medvit-threads`` (its torch threads),
-``--patch-contours`` (skimage's ``approximate_polygon`` replaced by a vectorised collinear-point removal, in the
-post-processing workers too), ``--patch-malloc mmap|trim`` (glibc's heap kept from growing over the slide),
-``--patch-infer`` (pixel types without torch's slow ``argmax(1)``) and ``--patch-pipeline`` (more tiles in
-post-processing at once, so that the workers and the network overlap).
+Threads: each child starts with ``--threads`` torch threads (medvit's with ``--medvit-threads`` when given).
+medvit's predict then lowers its own to the CPUs its post-processing workers leave (``CPUs - workers``, at
+least 1) while the slide runs, so ``--medvit-threads`` is a cap on that, not a setting. What medvit does by
+itself that was measured here first (as monkeypatches, since removed): threads so shared out, up to
+``max(4 x workers, 2 x batch)`` tiles in post-processing at once, pixel types without torch's slow
+``argmax(1)``, outlines without scikit-image's ``approximate_polygon``, and ``malloc_trim`` every 16 batches
+(glibc's heap otherwise grows over the slide); together 0.45x -> 0.33x the reference's time, memory flat.
 
     python benchmarks/bench_wsi.py                                          # 20000^2, tiny network, 3 repeats
     python benchmarks/bench_wsi.py --size 4096 --no-large --repeats 1       # a quick look
@@ -90,7 +92,6 @@ MATCH_PX = 3.0
 # grows with its area, while smaller regions overlap more (more windows): tiny, the fastest of 3, 5 and 10 on a
 # 4096^2 slide (217 / 275 / 432 s on a loaded machine); small, 10 (its windows, 1-2 s each, outweigh the rest)
 REF_WINDOWS = {"tiny": 3, "small": 10}
-TRIM_EVERY = 16  # --patch-malloc trim: batches between malloc_trim calls
 LABELS = {0: "background", 1: "large_nucleus", 2: "small_nucleus", 3: "pale_nucleus"}
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -303,129 +304,10 @@ def _predictor(cfg: dict):
     return predictor
 
 
-def _collinear_polygon(ring: np.ndarray, tolerance: float = 0.5) -> np.ndarray:
-    """A closed ring less the points where it runs straight on (lossless, vectorised): the ``--patch-contours``
-    stand-in for skimage's ``approximate_polygon`` (a Python loop per nucleus)."""
-    ring = np.asarray(ring)
-    if len(ring) < 4:
-        return ring
-    pts = ring[:-1] if np.array_equal(ring[0], ring[-1]) else ring
-    before, after = pts - np.roll(pts, 1, 0), np.roll(pts, -1, 0) - pts
-    turns = pts[np.abs(before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0]) > 1e-9]
-    return np.vstack([turns, turns[:1]]) if len(turns) >= 3 else ring
-
-
-def _patch_contours() -> None:
-    import medvit.postprocess.tiles as tiles
-
-    tiles.approximate_polygon = _collinear_polygon
-
-
-def _patched_pool(workers: int):
-    """medvit's post-processing pool, its workers patched too (they are spawned: a patch here misses them)."""
-    import concurrent.futures as cf
-    import multiprocessing
-
-    if workers <= 0:
-        return None
-    return cf.ProcessPoolExecutor(
-        max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=_patch_contours
-    )
-
-
-def _patch_malloc(mode: str) -> None:
-    """``mmap``: glibc's mmap threshold fixed at 256 KiB (no dynamic raise, so freed tile-sized arrays go back to
-    the system); ``trim``: ``malloc_trim(0)`` every :data:`TRIM_EVERY` batches."""
-    import ctypes
-
-    from medvit.inference import slides
-
-    libc = ctypes.CDLL("libc.so.6")
-    if mode == "mmap":
-        libc.mallopt(-3, 256 * 1024)  # M_MMAP_THRESHOLD
-    elif mode == "trim":
-        infer, calls = slides._infer, [0]
-
-        def trimmed(*a, **k):
-            calls[0] += 1
-            if calls[0] % TRIM_EVERY == 0:
-                libc.malloc_trim(0)
-            return infer(*a, **k)
-
-        slides._infer = trimmed
-
-
-def _patch_infer() -> None:
-    """``slides._infer`` with the pixel types as a running maximum over the channels (torch's ``argmax(1)`` on
-    ``[B, T, H, W]`` takes ~7 ms a 256 px tile on one thread; this ~1 ms) and the nuclei probability as
-    ``sigmoid(l1 - l0)`` (the 2-class softmax's channel 1)."""
-    import torch
-
-    from medvit.device import autocast
-    from medvit.inference import slides
-
-    @torch.inference_mode()
-    def infer(predictor, images, mean, std):
-        x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
-        x = ((x - mean) / std).to(predictor.device)
-        if predictor._layout is not None:
-            x = x.contiguous(memory_format=predictor._layout)
-        with autocast(predictor.device, predictor.autocast_dtype):
-            out = predictor.network(x)
-        logits = out["nuclei_binary_map"].float()
-        binary = torch.sigmoid(logits[:, 1] - logits[:, 0]).cpu().numpy()
-        hv = out["hv_map"].float().cpu().numpy()
-        t = out["nuclei_type_map"].float()
-        best, types = t[:, 0].clone(), torch.zeros((t.shape[0], *t.shape[2:]), dtype=torch.uint8)
-        for c in range(1, t.shape[1]):
-            types.masked_fill_(t[:, c] > best, c)
-            best = torch.maximum(best, t[:, c])
-        types = types.cpu().numpy()
-        return [(binary[i], hv[i], types[i]) for i in range(len(images))]
-
-    slides._infer = infer
-
-
-PIPELINE_SCALE = 4  # --patch-pipeline: post-processing tiles allowed in flight, times medvit's own limit
-
-
-def _patch_pipeline() -> None:
-    """medvit's main loop waits whenever more than ``4 * workers`` tiles are being post-processed; a batch
-    submits ``batch_size`` (8) at once, so with one worker it waits for half of every batch and the worker then
-    idles while the next batch runs. This lets :data:`PIPELINE_SCALE` times as many be in flight: the loop's
-    ``pending`` deque (of futures; the read-ahead deque holds tuples and is left alone) reports a length that
-    many times smaller."""
-    import collections
-    from concurrent.futures import Future
-
-    from medvit.inference import slides
-
-    class Deque(collections.deque):
-        def __len__(self) -> int:
-            n = super().__len__()
-            return n // PIPELINE_SCALE if n and isinstance(self[0], Future) else n
-
-        def __bool__(self) -> bool:
-            return super().__len__() > 0
-
-    slides.deque = Deque
-
-
 def child_medvit(cfg: dict) -> dict:
     import torch
 
-    from medvit.inference import slides
-
-    torch.set_num_threads(cfg.get("medvit_threads") or cfg["threads"])
-    if cfg.get("patch_contours"):
-        _patch_contours()
-        slides._post_pool = _patched_pool
-    if cfg.get("patch_infer"):
-        _patch_infer()
-    if cfg.get("patch_malloc"):  # after --patch-infer: it wraps slides._infer
-        _patch_malloc(cfg["patch_malloc"])
-    if cfg.get("patch_pipeline"):
-        _patch_pipeline()
+    torch.set_num_threads(cfg.get("medvit_threads") or cfg["threads"])  # predict lowers it to CPUs - workers
     t0 = time.perf_counter()
     predictor = _predictor(cfg)
     load = time.perf_counter() - t0
@@ -744,18 +626,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="medvit post-processing processes")
     parser.add_argument("--batch-size", type=int, default=8, help="tiles (windows) per forward pass, both")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--medvit-threads", type=int, default=None, help="medvit's own (default: --threads)")
     parser.add_argument(
-        "--patch-contours",
-        action="store_true",
-        help="experiment: medvit with approximate_polygon swapped for a vectorised collinear-point removal",
-    )
-    parser.add_argument("--patch-infer", action="store_true", help="experiment: types without argmax")
-    parser.add_argument(
-        "--patch-pipeline", action="store_true", help="experiment: 4x more tiles in post-processing"
-    )
-    parser.add_argument(
-        "--patch-malloc", choices=["mmap", "trim"], help="experiment: medvit with glibc's heap kept from growing"
+        "--medvit-threads",
+        type=int,
+        default=None,
+        help="medvit's own (default: --threads; predict lowers it to CPUs - workers)",
     )
     parser.add_argument(
         "--ref-windows", type=int, default=None, help="reference region side, windows (default: 3 tiny, 10 small)"
@@ -813,10 +688,6 @@ def main() -> None:
                 "ref_windows": args.ref_windows or REF_WINDOWS[name],
                 "ref_all_windows": args.ref_all_windows,
                 "medvit_threads": args.medvit_threads,
-                "patch_contours": args.patch_contours,
-                "patch_malloc": args.patch_malloc,
-                "patch_infer": args.patch_infer,
-                "patch_pipeline": args.patch_pipeline,
             }
             runs: dict[str, list[dict]] = {"medvit": [], "reference": [], "network": []}
             for i in range(args.repeats):

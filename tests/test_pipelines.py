@@ -28,6 +28,10 @@ SMOKE_CARDS = {
     "dinov3_linear_seg": "synthetic_fundus",
     "cellvta_pannuke": "synthetic_cells",
     "hiendmae_btcv": "synthetic_ct",
+    "pretrain_mae_retfound": "synthetic_fundus",
+    "pretrain_mae_hiendmae_ct": "synthetic_ct",
+    "pretrain_dino_dinov3": "synthetic_cls",
+    "explora_dinov3": "synthetic_cls",
 }
 CPU = ["trainer.accelerator=cpu", "trainer.devices=1", "trainer.precision=32", "trainer.progress=none"]
 TINY = [
@@ -68,12 +72,21 @@ def _size_mb(*paths: Path) -> float:
 @pytest.mark.parametrize("path", PIPELINES, ids=lambda p: p.stem)
 def test_smoke_run_of_every_pipeline_trains_and_writes_a_package(path, tmp_path):
     """The README's smoke command: ``medvit run PIPELINE --smoke`` on this CPU, by name, no traceback."""
+    from medvit.backbones import create_backbone
     from medvit.package import load_package
 
     result = _run([path.stem, "--smoke"])
     assert result.exit_code == 0, result.output
     assert "Traceback" not in result.output and "hardware: cpu" in result.output
     run_dir = next((tmp_path / "runs" / path.stem).iterdir())
+    if load_pipeline(path)[0].kind.artifact == "backbone":  # self-supervised: an adapted backbone, no package
+        info = json.loads((run_dir / "backbone" / "backbone.json").read_text())
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        assert config["data"]["card"] == SMOKE_CARDS[path.stem] and not (run_dir / "package").exists()
+        weights = run_dir / "backbone" / info["files"]["medvit"]
+        create_backbone(info["backbone"], weights=weights, img_size=tuple(info["img_size"]), **info["options"])
+        assert _size_mb(tmp_path / "runs", tmp_path / "mlruns") < 60
+        return
     pkg = load_package(run_dir / "package")
     assert pkg.spec.provenance.data_card == SMOKE_CARDS[path.stem]
     assert pkg.spec.provenance.run_id == json.loads((run_dir / "run.json").read_text())["mlflow_run_id"]
@@ -92,7 +105,7 @@ def _run(args):
         (["trainer.max_epochs=many"], "trainer.max_epochs: Input should be a valid integer"),
         (
             ["task.kind=detection"],
-            "task: unknown task kind 'detection' (known: classification, segmentation, cells)",
+            "task: unknown task kind 'detection' (known: classification, segmentation, cells, mae, dino)",
         ),
         (["task.label_smoothing=0.1"], "task.label_smoothing: unknown key"),
         (["model.head.name=linear"], "model.head.name 'linear' does not fit task.kind 'segmentation'"),

@@ -128,12 +128,22 @@ def hover_instances(
 
 
 def _renumber(inst: np.ndarray) -> np.ndarray:
-    ids = np.unique(inst)
-    ids = ids[ids != 0]
-    out = np.zeros(inst.shape, dtype=np.int32)
-    for new, old in enumerate(ids, start=1):
-        out[inst == old] = new
-    return out
+    """The instances numbered ``1..n`` in the order of their ids (0 stays background)."""
+    ids, index = _index(inst)
+    new = np.cumsum(ids != 0).astype(np.int32)  # ids sorted: 0 (if present) first, then 1..n
+    new[ids == 0] = 0
+    return new[index].reshape(inst.shape)
+
+
+def _index(inst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The sorted distinct ids of ``inst`` and each pixel's position among them (``np.unique(...,
+    return_inverse=True)``, flat; through a lookup table when the ids are small non-negative integers)."""
+    flat = np.asarray(inst).ravel()
+    if flat.size and flat.dtype.kind in "iu" and np.can_cast(flat.dtype, np.intp):
+        if 0 <= flat.min() and flat.max() <= 4 * flat.size:
+            present = np.bincount(flat) > 0
+            return np.flatnonzero(present), (np.cumsum(present) - 1)[flat]
+    return np.unique(flat, return_inverse=True)
 
 
 def vote_types(inst: np.ndarray, type_map: np.ndarray) -> tuple[dict[int, int], dict[int, float]]:
@@ -148,19 +158,22 @@ def vote_types(inst: np.ndarray, type_map: np.ndarray) -> tuple[dict[int, int], 
         type_map = type_map.argmax(0)
     if type_map.shape != inst.shape:
         raise ValueError(f"type_map must match the instance map {inst.shape}, got {type_map.shape}")
-    types: dict[int, int] = {}
-    probs: dict[int, float] = {}
-    for i in np.unique(inst):
-        if i == 0:
-            continue
-        votes = np.bincount(type_map[inst == i].astype(np.int64))
-        if votes.size > 1 and votes[1:].any():
-            t = int(votes[1:].argmax()) + 1  # background loses to any nuclear type
-        else:
-            t = 0
-        types[int(i)] = t
-        probs[int(i)] = float(votes[t] / votes.sum())
-    return types, probs
+    ids, index = _index(inst)
+    keep = ids != 0
+    if not keep.any():
+        return {}, {}
+    # votes of the background pixels are not counted: 0 there (a negative type in a nucleus is an error)
+    pixel_types = np.where(np.asarray(inst).ravel() == 0, 0, type_map.ravel().astype(np.int64))
+    if pixel_types.min() < 0:
+        raise ValueError("type_map must hold non-negative types")
+    k = int(pixel_types.max()) + 1
+    votes = np.bincount(index * k + pixel_types, minlength=len(ids) * k).reshape(len(ids), k)[keep]
+    nuclear = votes[:, 1:]
+    # background loses to any nuclear type
+    best = np.where(nuclear.any(1), nuclear.argmax(1) + 1, 0) if k > 1 else np.zeros(len(votes), np.int64)
+    fraction = votes[np.arange(len(votes)), best] / votes.sum(1)
+    ids = [int(i) for i in ids[keep]]
+    return dict(zip(ids, best.tolist(), strict=True)), dict(zip(ids, fraction.tolist(), strict=True))
 
 
 def hover_postprocess(

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.measure import approximate_polygon, find_contours
+from skimage.measure import find_contours
 
 from medvit.postprocess.hover import hover_instances, vote_types
 
@@ -195,12 +195,11 @@ def _reports(grid: TileGrid, me, centroid, box, cut: bool) -> bool:
 
 def _polygon(mask: np.ndarray, x0: int, y0: int) -> np.ndarray:
     """The outline of a pixel mask as a closed polygon ``[M, 2]`` ``(x, y)`` around the pixel squares'
-    centres (the longest contour; holes left out), simplified to within half a pixel."""
+    centres (the longest contour; holes left out), with only the points where it turns."""
     padded = np.pad(mask, 1)
     rings = find_contours(padded.astype(np.float32), 0.5)
-    ring = max(rings, key=len)
-    ring = approximate_polygon(ring, tolerance=0.5)
-    if len(ring) < 4:  # a one- or two-pixel nucleus: its pixel square
+    ring = _turns(max(rings, key=len))
+    if len(ring) < 4 or mask.sum() == 1:  # one pixel: its square (its contour: the diamond in it)
         r, c = np.nonzero(padded)
         ring = np.array([[r.min() - 0.5, c.min() - 0.5], [r.min() - 0.5, c.max() + 0.5],
                          [r.max() + 0.5, c.max() + 0.5], [r.max() + 0.5, c.min() - 0.5]])  # fmt: skip
@@ -209,3 +208,15 @@ def _polygon(mask: np.ndarray, x0: int, y0: int) -> np.ndarray:
     if not np.array_equal(xy[0], xy[-1]):
         xy = np.vstack([xy, xy[:1]])
     return xy
+
+
+def _turns(ring: np.ndarray) -> np.ndarray:
+    """A closed ring (first point repeated last) less the points where it runs straight on, closed again: the
+    same polygon, vectorised (scikit-image's ``approximate_polygon`` is a Python loop, per nucleus). Marching
+    squares puts the points on half pixels, so the cross products are exact."""
+    pts = ring[:-1]
+    if len(pts) < 3:
+        return ring
+    before, after = pts - np.roll(pts, 1, 0), np.roll(pts, -1, 0) - pts
+    turns = pts[before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0] != 0]
+    return np.vstack([turns, turns[:1]]) if len(turns) >= 3 else ring

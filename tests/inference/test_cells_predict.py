@@ -297,3 +297,118 @@ def test_a_real_pathology_photograph_as_a_tile(package, tmp_path):
     inst = __import__("tifffile").imread(out / "ihc_instances.tif")
     assert inst.shape == (512, 512) and inst.max() == case["cells"]
     assert len(json.loads((out / "ihc.geojson").read_text())["features"]) == case["cells"]
+
+
+def test_pixel_types_and_nuclei_probability_are_argmax_and_softmax():
+    """The network's maps into post-processing: types by a running maximum are ``argmax(1)`` exactly (ties to
+    the first channel, as argmax), the nuclei probability ``sigmoid(l1 - l0)`` is the 2-class softmax's channel 1
+    (to float rounding) and on the same side of 0.5."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    for channels in (1, 2, 6):
+        logits = torch.randn(3, channels, 32, 40, generator=gen) * 4
+        logits[:, :, :4] = logits[:, :, :4].round()  # ties
+        logits[0, :, 0, 0] = 1.5  # all channels equal
+        for x in (logits, logits.bfloat16().float()):
+            got = slides._pixel_types(x)
+            assert got.dtype == torch.uint8 and got.shape == (3, 32, 40)
+            assert torch.equal(got, x.argmax(1).to(torch.uint8))
+    binary = torch.randn(4, 2, 32, 32, generator=gen) * 8
+    binary[:, 1, :2] = binary[:, 0, :2]  # exactly 0.5
+    old = binary.softmax(1)[:, 1]
+    new = slides._nuclei_probability(binary)
+    assert new.shape == old.shape and new.dtype == torch.float32
+    torch.testing.assert_close(new, old, atol=1e-6, rtol=0)
+    assert torch.equal(new >= 0.5, old >= 0.5) and (new[:, :2] == 0.5).all()
+
+
+class _Deferred:
+    """A post-processing future that is never done until its result is asked for (then computed here)."""
+
+    def __init__(self, log, fn, args, kwargs):
+        self.log, self.call = log, (fn, args, kwargs)
+        log["out"] += 1
+        log["peak"] = max(log["peak"], log["out"])
+
+    def done(self):
+        return False
+
+    def cancel(self):
+        return False
+
+    def result(self):
+        self.log["out"] -= 1
+        if self.log.get("broken"):
+            from concurrent.futures.process import BrokenProcessPool
+
+            raise BrokenProcessPool("a worker died")
+        fn, args, kwargs = self.call
+        return fn(*args, **kwargs)
+
+
+class _DeferredPool:
+    def __init__(self, log):
+        self.log = log
+
+    def submit(self, fn, *args, **kwargs):
+        return _Deferred(self.log, fn, args, kwargs)
+
+    def shutdown(self, wait=True, cancel_futures=False):
+        self.log["shutdown"] = True
+
+
+def test_threads_in_flight_and_malloc_trim_while_a_slide_runs(package, slide, monkeypatch):
+    """While a slide runs: torch's threads are the CPUs the workers leave (and no more than it had), restored
+    afterwards, on error too; max(4 x workers, 2 x batch) tiles are in post-processing at once; glibc's heap is
+    trimmed every TRIM_EVERY batches (and at the end)."""
+    import torch
+
+    path, _ = slide
+    seen, trims, log = [], [], {"out": 0, "peak": 0}
+
+    def infer(predictor, images, mean, std):
+        seen.append(torch.get_num_threads())
+        return _oracle(predictor, images, mean, std)
+
+    monkeypatch.setattr(slides, "_infer", infer)
+    monkeypatch.setattr(slides, "cpu_count", lambda: 3)
+    monkeypatch.setattr(slides, "_malloc_trim", lambda: trims.append)
+    monkeypatch.setattr(slides, "_post_pool", lambda workers: _DeferredPool(log) if workers else None)
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        pred = Predictor(package, workers=1, batch_size=4).predict(path)
+        batches = -(-pred.tiles["run"] // 4)
+        assert batches > slides.TRIM_EVERY and set(seen) == {2} and torch.get_num_threads() == 4  # 3 CPUs - 1
+        assert trims == [0] * (batches // slides.TRIM_EVERY + 1) and len(pred) > 50
+        assert log["peak"] == max(4 * 1, 2 * 4) + 4 and log["out"] == 0 and log["shutdown"]
+        seen.clear()
+        Predictor(package, workers=0, batch_size=4).predict(path, roi=(0, 0, 512, 384))
+        assert set(seen) == {3}  # no workers: all 3
+        torch.set_num_threads(1)
+        Predictor(package, workers=0, batch_size=4).predict(path, roi=(0, 0, 512, 384))
+        assert set(seen) == {3, 1} and torch.get_num_threads() == 1  # a caller's cap stands
+        torch.set_num_threads(4)
+        log["broken"] = True  # a worker died: one clear error, the threads restored
+        with pytest.raises(RuntimeError, match="__main__"):
+            Predictor(package, workers=1, batch_size=4).predict(path, roi=(0, 0, 512, 384))
+        assert torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_malloc_trim_only_where_glibc_has_it(monkeypatch):
+    import sys
+
+    slides._malloc_trim.cache_clear()
+    try:
+        trim = slides._malloc_trim()
+        if sys.platform.startswith("linux") and trim is not None:
+            assert trim(0) in (0, 1)
+        monkeypatch.setattr(sys, "platform", "darwin")
+        slides._malloc_trim.cache_clear()
+        assert slides._malloc_trim() is None
+    finally:
+        monkeypatch.undo()
+        slides._malloc_trim.cache_clear()

@@ -3,7 +3,7 @@ import pytest
 
 from medvit.metrics import panoptic_quality
 from medvit.postprocess import hover_instances, hover_postprocess, hv_maps, vote_types
-from medvit.postprocess.hover import sobel_kernels
+from medvit.postprocess.hover import _renumber, sobel_kernels
 
 
 def touching_nuclei():
@@ -63,6 +63,54 @@ def test_vote_types_prefers_nuclear_types_and_takes_probabilities():
     assert probs[1] == pytest.approx(1 / 3)
     onehot = np.eye(5)[type_map].transpose(2, 0, 1)
     assert vote_types(inst, onehot)[0] == types
+
+
+def _renumber_loop(inst):
+    """The per-instance loop ``_renumber`` replaced (the reference)."""
+    ids = np.unique(inst)
+    ids = ids[ids != 0]
+    out = np.zeros(inst.shape, dtype=np.int32)
+    for new, old in enumerate(ids, start=1):
+        out[inst == old] = new
+    return out
+
+
+def _vote_types_loop(inst, type_map):
+    """The per-instance loop ``vote_types`` replaced (the reference)."""
+    types, probs = {}, {}
+    for i in np.unique(inst):
+        if i == 0:
+            continue
+        votes = np.bincount(type_map[inst == i].astype(np.int64))
+        t = int(votes[1:].argmax()) + 1 if votes.size > 1 and votes[1:].any() else 0
+        types[int(i)], probs[int(i)] = t, float(votes[t] / votes.sum())
+    return types, probs
+
+
+@pytest.mark.parametrize(
+    "kind", ["dense", "sparse_ids", "negative_ids", "no_background", "background_types_only", "empty", "uint8"]
+)
+def test_renumber_and_vote_types_are_the_loops_they_replaced(kind):
+    rng = np.random.default_rng(len(kind))
+    inst = rng.integers(0, 30, (48, 40)).astype(np.int32)
+    types = rng.integers(0, 6, (48, 40)).astype(np.uint8)
+    if kind == "sparse_ids":
+        inst = inst * 1_000_003  # ids far beyond the pixel count: the np.unique path
+    elif kind == "negative_ids":
+        inst = inst - 10
+    elif kind == "no_background":
+        inst = inst + 1
+    elif kind == "background_types_only":
+        types[:] = 0
+    elif kind == "empty":
+        inst[:] = 0
+    elif kind == "uint8":
+        inst = inst.astype(np.uint8)
+    got = _renumber(inst)
+    assert got.dtype == np.int32 and np.array_equal(got, _renumber_loop(inst))
+    assert vote_types(inst, types) == _vote_types_loop(inst, types)  # probabilities bit for bit
+    onehot = np.eye(6)[types].transpose(2, 0, 1)
+    assert vote_types(inst, onehot) == _vote_types_loop(inst, types)
 
 
 def test_sobel_kernels_and_bad_arguments():

@@ -127,3 +127,52 @@ def test_contours_are_closed_polygons_around_the_nucleus():
             assert poly.is_valid, shapely.validation.explain_validity(poly)
             assert poly.contains(shapely.geometry.Point(cx, cy))
             assert abs(poly.area - area) <= 0.25 * area + 4  # pixel-centre outline vs pixel count
+
+
+def _polygon_before(mask: np.ndarray, x0: int, y0: int) -> np.ndarray:
+    """``_polygon`` as it was: the marching-squares contour simplified by scikit-image's approximate_polygon."""
+    from skimage.measure import approximate_polygon, find_contours
+
+    padded = np.pad(mask, 1)
+    ring = approximate_polygon(max(find_contours(padded.astype(np.float32), 0.5), key=len), tolerance=0.5)
+    if len(ring) < 4:
+        r, c = np.nonzero(padded)
+        r0, r1, c0, c1 = r.min() - 0.5, r.max() + 0.5, c.min() - 0.5, c.max() + 0.5
+        ring = np.array([[r0, c0], [r0, c1], [r1, c1], [r1, c0], [r0, c0]])
+    return ring[:, ::-1] + np.array([x0 - 1, y0 - 1])
+
+
+def test_polygons_keep_only_turns_and_the_area_of_before():
+    """The outline is the marching-squares contour with its straight-through points dropped (vectorised):
+    valid, around every pixel centre, no three consecutive points on a line, its area close to the pixel count
+    and to the polygon approximate_polygon gave before; a one-pixel nucleus is its pixel square."""
+    shapely = pytest.importorskip("shapely")
+    from scipy import ndimage as ndi
+    from shapely.geometry import Polygon
+
+    from medvit.postprocess.tiles import _polygon
+
+    masks = []
+    for seed in range(3):
+        inst, _ = _scene(200, 160, seed=seed, radius=(1.0, 12.0))
+        masks += [inst[sl] == i for i, sl in enumerate(ndi.find_objects(inst), start=1) if sl is not None]
+    rng = np.random.default_rng(0)
+    for _ in range(100):  # irregular blobs: concave, with holes and one-pixel necks
+        lab = ndi.label(ndi.binary_opening(rng.random((16, 16)) < 0.6))[0]
+        if lab.max():
+            masks.append(lab == np.bincount(lab.ravel())[1:].argmax() + 1)
+    for mask in masks:
+        ring = _polygon(mask, 7, 3)
+        assert np.array_equal(ring[0], ring[-1]) and len(ring) >= 5
+        poly, before = Polygon(ring), Polygon(_polygon_before(mask, 7, 3))
+        assert poly.is_valid, shapely.validation.explain_validity(poly)
+        pts = ring[:-1]
+        a, b = pts - np.roll(pts, 1, 0), np.roll(pts, -1, 0) - pts
+        assert (a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0] != 0).all()  # every point a turn
+        n = int(mask.sum())
+        assert abs(poly.area - n) <= 0.15 * n + 0.5, (poly.area, n)
+        assert abs(poly.area - before.area) <= 0.25 * n + 1, (poly.area, before.area, n)
+        ys, xs = np.nonzero(mask)
+        assert shapely.contains_xy(poly, xs + 7, ys + 3).all()  # every pixel centre inside
+    square = _polygon(np.ones((1, 1), bool), 5, 9)
+    assert Polygon(square).area == 1.0 and Polygon(square).bounds == (4.5, 8.5, 5.5, 9.5)
