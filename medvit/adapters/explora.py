@@ -3,7 +3,8 @@ Parameter-Efficient Extended Pre-Training to Adapt Vision Transformers under Dom
 arXiv:2406.10973).
 
 Starting from a pre-trained backbone (MAE or DINOv2/v3 weights), the last ``unfreeze_blocks`` blocks train in
-full, every other block gets LoRA on its query and value projections (rows of the fused ``attn.qkv``), and
+full, every other block gets LoRA on its query and value projections (rows of the fused ``attn.qkv``, one
+independent pair ``A [r, D]``, ``B [D, r]`` for each, ``4 r D`` parameters per block as in the paper), and
 every LayerNorm trains; the patch embedding, position embedding and prefix tokens stay frozen. The original
 self-supervised objective then continues on the new domain's unlabelled images. ``remove_lora`` afterwards
 merges the updates and gives back a backbone with exactly its original keys, ready for
@@ -46,7 +47,8 @@ def apply_explora(
         alpha: LoRA scale numerator.
         dropout: Dropout on the LoRA input.
         targets: LoRA targets in the other blocks (see :data:`~medvit.adapters.lora.TARGETS`); by default
-            the query and value rows of ``attn.qkv``, sharing one LoRA layer per block.
+            the query and value rows of ``attn.qkv``, each with its own LoRA pair (held by one LoRA layer per
+            block).
         unfreeze_norms: Train every LayerNorm.
 
     Returns:

@@ -7,14 +7,17 @@ the backbone class is not touched. ``W x + (alpha / r) B A dropout(x)`` with ``A
 frozen weight for export and ``unmerge`` takes it out again; both are idempotent.
 
 The targets ``"q"``, ``"k"`` and ``"v"`` adapt only those output rows of the fused ``attn.qkv`` projection
-(``rows`` of :class:`LoRALinear`): the update is scattered into them and every other row stays exactly as it was.
-Several row targets on one layer share one :class:`LoRALinear` over the union of their rows.
+(``parts`` of :class:`LoRALinear`): each selected projection gets its own independent pair ``(A, B)``, as
+separate query/value LoRA layers have in the LoRA paper, PEFT and ExPLoRA (``2 r D`` parameters per part), and
+the updates are scattered into their rows while every other row stays exactly as it was. The row targets on one
+layer live in one :class:`LoRALinear`; ``"qkv"`` (or ``"q"``, ``"k"`` and ``"v"`` together) is one pair on the
+whole layer.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -44,16 +47,25 @@ class LoRALinear(nn.Module):
     ``F.linear(x, layer.weight, layer.bias)`` directly sees it too; input dropout applies only when the module
     itself is called).
 
-    With ``rows`` the update touches only those output rows (e.g. the query and value rows of a fused qkv, as
-    ExPLoRA adapts them): ``lora_b`` is ``[len(rows), r]`` and ``B A`` is scattered into the rows, so every
-    other row of the effective weight is the frozen one bit for bit, merged or not.
+    With ``rows`` the update touches only those output rows: ``lora_b`` is ``[len(rows), r]`` and ``B A`` is
+    scattered into the rows, so every other row of the effective weight is the frozen one bit for bit, merged or
+    not.
+
+    With ``parts`` (e.g. ``{"q": query_rows, "v": value_rows}`` of a fused qkv, as ExPLoRA adapts it) every part
+    gets its own independent pair ``A_p [r, in]``, ``B_p [len(rows_p), r]`` (and its own input-dropout mask),
+    exactly as if the parts were separate linear layers each with its own LoRA; ``B_p A_p`` goes into the
+    part's rows and all other rows stay bit for bit. The pairs are stored stacked, in the order of ``parts``,
+    so the parameter names stay ``lora_a`` (``[n_parts * r, in]``, part ``i`` in rows ``i*r : (i+1)*r``) and
+    ``lora_b`` (the parts' ``B_p`` one under the other); :meth:`pairs` gives each part's ``(A_p, B_p)`` as views.
 
     Args:
         base: The linear layer to adapt; its parameters are frozen.
-        rank: Rank ``r`` of the update (>= 1).
+        rank: Rank ``r`` of the update (of each part's update with ``parts``; >= 1).
         alpha: Scale numerator; the update is multiplied by ``alpha / rank``.
         dropout: Dropout on the input of the low-rank path.
-        rows: Output rows the update applies to (distinct, in ``[0, out_features)``); ``None`` for all rows.
+        rows: Output rows one update applies to (distinct, in ``[0, out_features)``); ``None`` for all rows.
+        parts: Part name -> its output rows (each as ``rows``, no row in two parts), one independent pair per
+            part; excludes ``rows``.
     """
 
     def __init__(
@@ -64,6 +76,7 @@ class LoRALinear(nn.Module):
         alpha: float = 16.0,
         dropout: float = 0.0,
         rows: Iterable[int] | torch.Tensor | None = None,
+        parts: Mapping[str, Iterable[int] | torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(base, nn.Linear):
@@ -72,23 +85,48 @@ class LoRALinear(nn.Module):
             raise ValueError(f"rank must be >= 1, got {rank}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if rows is not None and parts is not None:
+            raise ValueError("give rows or parts, not both")
         w = base.weight
+        self.parts: dict[str, int] = {}  # part name -> its number of rows; empty for a single pair
         self.lora_rows: torch.Tensor | None
-        if rows is None:
+        if rows is None and parts is None:
             self.lora_rows = None
         else:
-            index = _row_index(rows, base.out_features)
+            if parts is None:
+                index = _row_index(rows, base.out_features)
+            else:
+                index = self._part_index(parts, base.out_features)
             self.register_buffer("lora_rows", index.to(w.device), persistent=False)  # not in the state dict
         self.base = freeze(base)
         self.rank = rank
         self.alpha = alpha
         self.scaling = alpha / rank
+        n_pairs = max(len(self.parts), 1)
         n_out = base.out_features if self.lora_rows is None else self.lora_rows.numel()
-        self.lora_a = nn.Parameter(torch.empty(rank, base.in_features, device=w.device, dtype=w.dtype))
+        self.lora_a = nn.Parameter(torch.empty(n_pairs * rank, base.in_features, device=w.device, dtype=w.dtype))
         self.lora_b = nn.Parameter(torch.zeros(n_out, rank, device=w.device, dtype=w.dtype))
-        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
+        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))  # fan_in is in_features: as each A_p on its own
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
+
+    def _part_index(self, parts: Mapping[str, Iterable[int] | torch.Tensor], out_features: int) -> torch.Tensor:
+        """Record ``self.parts`` and return the parts' rows one after the other (each part's sorted)."""
+        if not isinstance(parts, Mapping) or not parts:
+            raise ValueError("parts must be a non-empty mapping of part name -> output rows")
+        indices = []
+        for name, part_rows in parts.items():
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"part names must be non-empty strings, got {name!r}")
+            try:
+                indices.append(_row_index(part_rows, out_features))
+            except ValueError as exc:
+                raise ValueError(f"part {name!r}: {exc}") from None
+            self.parts[name] = indices[-1].numel()
+        index = torch.cat(indices)
+        if index.unique().numel() != index.numel():
+            raise ValueError("parts must not share rows")
+        return index
 
     @property
     def in_features(self) -> int:
@@ -109,9 +147,25 @@ class LoRALinear(nn.Module):
     def bias(self) -> torch.Tensor | None:
         return self.base.bias
 
+    def pairs(self) -> dict[str | None, tuple[torch.Tensor, torch.Tensor]]:
+        """Each part's ``(A_p, B_p)`` (views of ``lora_a`` and ``lora_b``); ``{None: (lora_a, lora_b)}`` without
+        parts."""
+        if not self.parts:
+            return {None: (self.lora_a, self.lora_b)}
+        a = self.lora_a.split(self.rank)
+        b = self.lora_b.split(list(self.parts.values()))
+        return {name: (a[i], b[i]) for i, name in enumerate(self.parts)}
+
+    def _update(self) -> torch.Tensor:
+        """The unscaled ``B A`` (per part, stacked like ``lora_b``)."""
+        if not self.parts:
+            return self.lora_b @ self.lora_a
+        return torch.cat([b @ a for a, b in self.pairs().values()])
+
     def delta_weight(self) -> torch.Tensor:
-        """``(alpha / r) B A``, shaped like the base weight (zero outside ``rows``)."""
-        update = (self.lora_b @ self.lora_a) * self.scaling
+        """``(alpha / r) B A`` (the sum of the parts' updates), shaped like the base weight (zero outside the
+        adapted rows)."""
+        update = self._update() * self.scaling
         if self.lora_rows is None:
             return update
         return update.new_zeros(self.base.weight.shape).index_add(0, self.lora_rows, update)
@@ -120,14 +174,23 @@ class LoRALinear(nn.Module):
         out = self.base(x)
         if self.merged:
             return out
-        low = F.linear(F.linear(self.lora_dropout(x), self.lora_a.to(x.dtype)), self.lora_b.to(x.dtype))
+        if not self.parts:
+            low = F.linear(F.linear(self.lora_dropout(x), self.lora_a.to(x.dtype)), self.lora_b.to(x.dtype))
+        else:  # each part as its own LoRA layer: its own dropout mask, A_p and B_p
+            low = torch.cat(
+                [
+                    F.linear(F.linear(self.lora_dropout(x), a.to(x.dtype)), b.to(x.dtype))
+                    for a, b in self.pairs().values()
+                ],
+                dim=-1,
+            )
         if self.lora_rows is None:
             return out + low * self.scaling
         return out.index_add(-1, self.lora_rows, (low * self.scaling).to(out.dtype))
 
     @torch.no_grad()
     def _add_update(self, sign: float) -> None:
-        update = ((self.lora_b @ self.lora_a) * (sign * self.scaling)).to(self.base.weight.dtype)
+        update = (self._update() * (sign * self.scaling)).to(self.base.weight.dtype)
         if self.lora_rows is None:
             self.base.weight += update
         else:
@@ -146,7 +209,12 @@ class LoRALinear(nn.Module):
             self.merged = False
 
     def extra_repr(self) -> str:
-        rows = "" if self.lora_rows is None else f", rows={self.lora_rows.numel()}/{self.out_features}"
+        if self.parts:
+            rows = ", parts=" + ",".join(f"{name}:{n}" for name, n in self.parts.items())
+        elif self.lora_rows is not None:
+            rows = f", rows={self.lora_rows.numel()}/{self.out_features}"
+        else:
+            rows = ""
         return f"rank={self.rank}, alpha={self.alpha}{rows}, merged={self.merged}"
 
 
@@ -163,16 +231,16 @@ def _row_index(rows: Iterable[int] | torch.Tensor, out_features: int) -> torch.T
     return index
 
 
-def qkv_rows(parts: Iterable[str], out_features: int) -> list[int] | None:
-    """The output rows of a fused ``[q | k | v]`` projection that ``parts`` (``"q"``, ``"k"``, ``"v"``) select;
-    ``None`` when all three are selected (the whole layer)."""
-    thirds = sorted({ROW_TARGETS[p] for p in parts})
-    if len(thirds) == 3:
+def qkv_parts(parts: Iterable[str], out_features: int) -> dict[str, list[int]] | None:
+    """The output rows of a fused ``[q | k | v]`` projection of each of ``parts`` (``"q"``, ``"k"``, ``"v"``),
+    in q, k, v order; ``None`` when all three are selected (the whole layer)."""
+    names = sorted(set(parts), key=ROW_TARGETS.__getitem__)
+    if len(names) == 3:
         return None
     if out_features % 3:
         raise ValueError(f"q/k/v targets need a fused qkv layer with 3 * dim outputs, got {out_features}")
     dim = out_features // 3
-    return [r for t in thirds for r in range(t * dim, (t + 1) * dim)]
+    return {p: list(range(ROW_TARGETS[p] * dim, (ROW_TARGETS[p] + 1) * dim)) for p in names}
 
 
 def _resolve_targets(targets: Sequence[str]) -> dict[str, set[str] | None]:
@@ -202,6 +270,8 @@ def wrap_blocks(
 ) -> int:
     """Wrap the targeted linear layers of each block in :class:`LoRALinear`, in place; returns how many.
 
+    Row targets (``"q"``, ``"k"``, ``"v"``) on a layer become one wrapper with an independent pair per part.
+
     Layers that are not ``nn.Linear`` (absent, or already wrapped) are skipped.
     """
     paths = _resolve_targets(targets)
@@ -212,8 +282,8 @@ def wrap_blocks(
             parent = block.get_submodule(parent_path) if parent_path else block
             layer = getattr(parent, leaf, None)
             if isinstance(layer, nn.Linear):
-                rows = None if parts is None else qkv_rows(parts, layer.out_features)
-                setattr(parent, leaf, LoRALinear(layer, rank=rank, alpha=alpha, dropout=dropout, rows=rows))
+                split = None if parts is None else qkv_parts(parts, layer.out_features)
+                setattr(parent, leaf, LoRALinear(layer, rank=rank, alpha=alpha, dropout=dropout, parts=split))
                 wrapped += 1
     return wrapped
 
@@ -235,7 +305,8 @@ def apply_lora(
         alpha: LoRA scale numerator.
         dropout: Dropout on the LoRA input.
         targets: Any of ``"qkv"``, ``"proj"`` (attention), ``"fc1"``, ``"fc2"`` or ``"mlp"`` (feed-forward), or
-            ``"q"``, ``"k"``, ``"v"`` (those rows of the fused qkv; several share one LoRA layer).
+            ``"q"``, ``"k"``, ``"v"`` (those rows of the fused qkv; several get one independent LoRA pair each,
+            held by one LoRA layer; all three are ``"qkv"``).
         freeze_base: Freeze everything except the LoRA factors (:func:`mark_only_lora_as_trainable`).
 
     Returns:

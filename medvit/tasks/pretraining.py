@@ -3,7 +3,7 @@ that make a run read unlabelled images and leave an adapted backbone."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -13,7 +13,9 @@ from medvit.transforms.presets import CARD_TASKS
 class ProbeSection(BaseModel):
     """``task.probe``: a labelled classification card on which a weighted k-NN classifier over the frozen
     backbone's features measures the representation (DINO's protocol), before training and every
-    ``every_n_epochs`` validations. ``root`` is the card's folder (``null`` for synthetic cards)."""
+    ``every_n_epochs`` validations. ``root`` is the card's folder (``null`` for synthetic cards). ``pool``: the
+    feature, the mean patch token (``avg``, MAE's default: MAE trains no class token objective) or the class
+    token (``token``, DINO's default)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -24,6 +26,7 @@ class ProbeSection(BaseModel):
     temperature: float = Field(0.07, gt=0)
     batch_size: int = Field(32, ge=1)
     limit_cases: int | None = Field(None, ge=1)
+    pool: Literal["avg", "token"] | None = None
 
 
 def module_options(cfg: Any) -> dict[str, Any]:

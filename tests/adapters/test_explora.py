@@ -28,12 +28,18 @@ def test_trainable_set_is_last_blocks_norms_and_lora_factors():
     assert _trainable(b) == last | norms | lora
     frozen = {n for n, p in b.named_parameters() if not p.requires_grad}
     assert {"cls_token", "pos_embed", "patch_embed.proj.weight", "blocks.0.attn.qkv.base.weight"} <= frozen
-    # LoRA only outside the unfrozen block, on the q and v rows of the fused qkv (one layer per block)
+    # LoRA only outside the unfrozen block, on the q and v rows of the fused qkv (one layer per block holding
+    # an independent pair for q and one for v)
     assert [type(blk.attn.qkv) for blk in b.blocks] == [LoRALinear] * 3 + [nn.Linear]
     d = b.embed_dim
     qkv = b.blocks[0].attn.qkv
     assert qkv.lora_rows.tolist() == list(range(d)) + list(range(2 * d, 3 * d))
-    assert qkv.lora_b.shape == (2 * d, 4) and qkv.lora_a.shape == (4, d)
+    assert qkv.parts == {"q": d, "v": d}
+    assert qkv.lora_b.shape == (2 * d, 4) and qkv.lora_a.shape == (2 * 4, d)
+    assert {p: (a.shape, b_.shape) for p, (a, b_) in qkv.pairs().items()} == {
+        "q": ((4, d), (d, 4)),
+        "v": ((4, d), (d, 4)),
+    }
     assert b.explora["lora_blocks"] == [0, 1, 2] and b.explora["trainable_blocks"] == [3]
     assert b.explora["parameters"]["trainable"] == count_parameters(b)[0]
 
@@ -64,13 +70,14 @@ def test_vit_b_trainable_fraction_by_hand():
     apply_explora(b, unfreeze_blocks=k, rank=r)
     block = (2 * d) + (3 * d * d + 3 * d) + (d * d + d) + (2 * d) + (d * hidden + hidden) + (hidden * d + d)
     base = 3 * 16 * 16 * d + d + d + tokens * d + depth * block + 2 * d  # patch embed, cls, pos, blocks, norm
-    lora = r * d + 2 * d * r  # one A [r, D] and one B [2D, r] (q and v rows) per LoRA block
+    lora = 2 * (r * d + d * r)  # an independent A [r, D] and B [D, r] for q and for v per LoRA block: 4rD
     trainable = k * block + (depth - k) * (4 * d + lora) + 2 * d
     assert (block, base) == (7_087_872, 85_798_656)
     assert count_parameters(b) == (trainable, base + (depth - k) * lora)
-    assert (trainable, base + (depth - k) * lora) == (7_325_952, 86_001_408)
-    assert b.explora["parameters"]["trainable_pct"] == pytest.approx(100 * 7_325_952 / 86_001_408)
-    assert 8.5 < b.explora["parameters"]["trainable_pct"] < 8.55  # within the paper's 5-10 %
+    assert lora == 4 * r * d == 24_576
+    assert (trainable, base + (depth - k) * lora) == (7_393_536, 86_068_992)
+    assert b.explora["parameters"]["trainable_pct"] == pytest.approx(100 * 7_393_536 / 86_068_992)
+    assert 8.58 < b.explora["parameters"]["trainable_pct"] < 8.60  # 8.59 %, within the paper's 5-10 %
 
 
 @pytest.mark.parametrize("three_d", [False, True])

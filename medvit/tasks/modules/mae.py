@@ -25,6 +25,8 @@ class MAETask(PretrainTask):
         **kwargs: See :class:`~medvit.tasks.modules.pretrain.PretrainTask`.
     """
 
+    probe_pool = "avg"
+
     def __init__(
         self, *args: Any, mask_ratio: float = 0.75, norm_pix_loss: bool = True, image_every_n_epochs: int = 1,
         **kwargs: Any,

@@ -26,6 +26,8 @@ class PretrainTask(MedvitTask):
         **kwargs: See :class:`~medvit.tasks.modules.base.MedvitTask`.
     """
 
+    probe_pool = "token"  # the probe's default feature (the class token; MAE: the mean patch token)
+
     def __init__(
         self, *args: Any, probe: dict | None = None, transforms: dict | None = None, **kwargs: Any
     ) -> None:
@@ -93,8 +95,15 @@ class PretrainTask(MedvitTask):
 
             spec = dict(self.probe_spec)
             spec.pop("every_n_epochs", None)
+            spec.pop("pool", None)
             self._probe = KnnProbe(spec.pop("card"), transforms=self.transforms_spec, seed=0, **spec)
-        return float(self._probe.run(self.trained_backbone(), device=self.device))
+        backbone = self.trained_backbone()
+        pool, before = self.probe_spec.get("pool") or self.probe_pool, backbone.global_pool
+        backbone.global_pool = pool if backbone.cls_token is not None else "avg"
+        try:
+            return float(self._probe.run(backbone, device=self.device))
+        finally:
+            backbone.global_pool = before
 
     def on_validation_epoch_end(self) -> None:
         if not self.probe_spec or self.trainer.sanity_checking:
