@@ -13,23 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import torch
-
-
-def _rss_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field):
-            return int(line.split()[1])
-    return 0
-
-
-def _reset_cpu_peak() -> None:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
+from benchcommon import reset_cpu_peak, status_kb
 
 
 def build(name: str, depth: int | None):
@@ -64,8 +50,8 @@ def bench(model, x, *, device: str, bf16: bool, iters: int, warmup: int) -> dict
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
-        _reset_cpu_peak()
-        base = _rss_kb("VmRSS:") * 1024
+        reset_cpu_peak()
+        base = status_kb("VmRSS:") * 1024
     t0 = time.perf_counter()
     for _ in range(iters):
         step()
@@ -73,7 +59,7 @@ def bench(model, x, *, device: str, bf16: bool, iters: int, warmup: int) -> dict
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated()
     else:
-        peak = _rss_kb("VmHWM:") * 1024
+        peak = status_kb("VmHWM:") * 1024
     secs = (time.perf_counter() - t0) / iters
     return {
         "s_per_iter": round(secs, 3),

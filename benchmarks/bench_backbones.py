@@ -18,11 +18,11 @@ import argparse
 import json
 import platform
 import statistics
-import time
 from collections.abc import Callable
 from contextlib import nullcontext
 
 import torch
+from benchcommon import interleaved_times
 
 import medvit
 
@@ -102,19 +102,7 @@ def timeit(
     fns: dict[str, Callable[[], None]], *, warmup: int, iters: int, device: str, ctx
 ) -> dict[str, tuple[float, float]]:
     """(median, minimum) seconds per call of each function, calls interleaved."""
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    with ctx():
-        for _ in range(warmup):
-            for fn in fns.values():
-                fn()
-        for _ in range(iters):
-            for key, fn in fns.items():
-                sync()
-                t0 = time.perf_counter()
-                fn()
-                sync()
-                times[key].append(time.perf_counter() - t0)
+    times = interleaved_times(fns, warmup=warmup, repeats=iters, device=device, ctx=ctx)
     return {k: (statistics.median(v), min(v)) for k, v in times.items()}
 
 

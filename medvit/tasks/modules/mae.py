@@ -73,7 +73,8 @@ class MAETask(PretrainTask):
 
 def reconstruction_picture(panels: list[torch.Tensor]) -> np.ndarray:
     """Rows of ``original | masked | reconstruction`` as one uint8 RGB array; 3D volumes show their middle
-    slice along the last axis, one channel is grey, each row is scaled by its original's 1st-99th percentiles."""
+    slice along the last axis, one channel is grey, each row is scaled by its original's 1st-99th percentiles,
+    inputs under 128 px are enlarged by whole pixels."""
     rows = []
     for i in range(panels[0].shape[0]):
         cells = []
@@ -90,4 +91,6 @@ def reconstruction_picture(panels: list[torch.Tensor]) -> np.ndarray:
         rows.append(np.concatenate([x for c in row for x in (c, gap)][:-1], axis=1))
     gap = np.ones((2, rows[0].shape[1], 3))
     grid = np.concatenate([x for r in rows for x in (r, gap)][:-1], axis=0)
+    zoom = max(1, 128 // rows[0].shape[0])  # small inputs (smoke runs, 64 px crops) drawn at 128 px or more
+    grid = grid.repeat(zoom, axis=0).repeat(zoom, axis=1)
     return (grid * 255).round().astype(np.uint8)
