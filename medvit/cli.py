@@ -341,7 +341,8 @@ def run(
         checked = engine.check_pipeline(pipeline, overrides or [], smoke=smoke)
         cfg, dm = checked.cfg, checked.datamodule
         typer.echo(checked.hardware.note)
-        typer.echo(f"ok: {pipeline} ({cfg.task.kind}, card {dm.card.name}, {dm.num_classes} classes)")
+        labels = f"{dm.num_classes} classes" if cfg.kind.labelled else "its images unlabelled"
+        typer.echo(f"ok: {pipeline} ({cfg.task.kind}, card {dm.card.name}, {labels})")
         return
     result = engine.run_pipeline(pipeline, overrides or [], resume=resume, smoke=smoke, echo=typer.echo)
     if result.package is None:

@@ -318,7 +318,10 @@ def check_pipeline(path: str | Path, overrides: list[str] | None = None, *, smok
     dm = build_datamodule(cfg, hardware)
     dm.check()
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
-    return Checked(cfg, resolved, dm, build_task(cfg, dm), hardware)
+    task = build_task(cfg, dm)
+    if callable(getattr(task, "check_inputs", None)):  # a task's own inputs (a pre-training probe card)
+        task.check_inputs()
+    return Checked(cfg, resolved, dm, task, hardware)
 
 
 def _new_run_dir(cfg: PipelineConfig) -> Path:

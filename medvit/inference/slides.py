@@ -42,6 +42,7 @@ import torch
 from medvit.device import autocast, cpu_count
 from medvit.errors import ConfigError, InputError
 from medvit.inference.cases import SLIDE_ONLY
+from medvit.memory import mmap_large_allocations
 from medvit.postprocess.tiles import TileGrid, TileNuclei, tile_nuclei
 
 DEFAULT_OVERLAP = 0.25  # of the tile: 64 px on CellVTA's 256 px tiles, more than a nucleus' diameter at 40x
@@ -381,7 +382,9 @@ def _post_pool(workers: int):
         raise RuntimeError(f"a post-processing worker ran predict while importing the main module: {_MAIN_GUARD}")
     # spawn: the workers import NumPy, SciPy and scikit-image only, never a forked copy of torch's threads
     # (forkserver would not spare scripts the main guard: its server or its workers import the main module too)
-    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    return cf.ProcessPoolExecutor(
+        max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=mmap_large_allocations
+    )
 
 
 def _result(future: cf.Future) -> TileNuclei:

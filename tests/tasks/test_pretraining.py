@@ -205,3 +205,33 @@ def test_ddp_on_two_cpu_processes_makes_one_pretraining_run(tmp_path):
     runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert (run_dirs[0] / "backbone" / "dinov3_vitb16.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    ("card", "message"),
+    [("no_such_card", "no_such_card"), ("synthetic_fundus", "the k-NN probe needs a classification card")],
+)
+def test_a_bad_probe_card_fails_before_anything_is_written(tmp_path, card, message):
+    from typer.testing import CliRunner
+
+    from medvit.cli import app
+
+    result = CliRunner().invoke(
+        app, ["run", "pretrain_mae_retfound", "--smoke", f"task.probe.card={card}", *QUIET]
+    )
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlruns.db").exists()
+
+
+def test_dino_on_3d_volumes(tmp_path):
+    result = run_pipeline(
+        PIPES / "pretrain_dino_dinov3.yaml",
+        [*QUIET, "data.card=synthetic_ct", "transforms.preset=ct", "transforms.resize=null",
+         "transforms.patch_size=[32,32,32]", "model.backbone.name=vit_tiny_patch8_3d",
+         "model.backbone.img_size=[32,32,32]", "task.local_crops=2"],
+        smoke=True,
+    )  # fmt: skip
+    info = _info(result)
+    assert info["backbone"] == "vit_tiny_patch8_3d"
+    _load(info, result.package)

@@ -35,6 +35,11 @@ class PretrainTask(MedvitTask):
         self.probe_spec = dict(probe) if probe else None
         self.transforms_spec = dict(transforms or {})
         self._probe = None
+        if self.probe_spec:  # built now: a probe card that does not exist or does not fit fails before the run
+            from medvit.ssl.probe import KnnProbe  # lazy: only with a probe
+
+            spec = {k: v for k, v in self.probe_spec.items() if k not in ("every_n_epochs", "pool")}
+            self._probe = KnnProbe(spec.pop("card"), transforms=self.transforms_spec, seed=0, **spec)
         self.probe_start: float | None = None
 
     # -- what the run leaves ------------------------------------------------------------------------------
@@ -90,13 +95,6 @@ class PretrainTask(MedvitTask):
 
     def run_probe(self) -> float:
         """k-NN accuracy of the frozen backbone's features on the probe card (every rank computes the same)."""
-        if self._probe is None:
-            from medvit.ssl.probe import KnnProbe  # lazy: only runs with a probe
-
-            spec = dict(self.probe_spec)
-            spec.pop("every_n_epochs", None)
-            spec.pop("pool", None)
-            self._probe = KnnProbe(spec.pop("card"), transforms=self.transforms_spec, seed=0, **spec)
         backbone = self.trained_backbone()
         pool, before = self.probe_spec.get("pool") or self.probe_pool, backbone.global_pool
         backbone.global_pool = pool if backbone.cls_token is not None else "avg"
@@ -104,6 +102,11 @@ class PretrainTask(MedvitTask):
             return float(self._probe.run(backbone, device=self.device))
         finally:
             backbone.global_pool = before
+
+    def check_inputs(self) -> None:
+        """What ``medvit run --check`` reads besides the training data: the probe card's files."""
+        if self._probe is not None:
+            self._probe.check()
 
     def on_validation_epoch_end(self) -> None:
         if not self.probe_spec or self.trainer.sanity_checking:
