@@ -40,6 +40,10 @@ SMOKE = {
     "dinov3_linear_seg": ["data.card=synthetic_fundus", "model.backbone.weights=null", *SMALL],
     "cellvta_pannuke": ["data.card=synthetic_cells", "model.backbone.weights=null", *SMALL],
     "hiendmae_btcv": ["data.card=synthetic_ct", "model.backbone.weights=null", *SMALL],
+    "pretrain_mae_retfound": ["data.card=synthetic_fundus", "model.backbone.weights=null", *SMALL],
+    "pretrain_mae_hiendmae_ct": ["data.card=synthetic_ct", "model.backbone.weights=null", *SMALL],
+    "pretrain_dino_dinov3": ["data.card=synthetic_cls", "model.backbone.weights=null", *SMALL],
+    "explora_dinov3": ["data.card=synthetic_cls", "model.backbone.weights=null", *SMALL],
 }
 
 

@@ -151,7 +151,7 @@ class DINOTask(PretrainTask):
         return out
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        images = batch["image"]
+        images = self.images(batch)
         out = self._losses(images, self.local_crops, train=True)
         metrics = {f"train/{k}": v for k, v in out.items()}
         metrics["train/teacher_temp"] = self.current_teacher_temp()
@@ -163,7 +163,7 @@ class DINOTask(PretrainTask):
         ema_update(self.teacher, self.model, self.current_momentum())
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        images = batch["image"]
+        images = self.images(batch)
         gen = torch.Generator().manual_seed(1000 + batch_idx)  # the same crops every validation
         out = self._losses(images, 0, gen, train=False)
         self.log_metrics({"val/loss": out["loss"]}, batch_size=images.shape[0])

@@ -36,12 +36,13 @@ class MAETask(PretrainTask):
         self.image_every_n_epochs = image_every_n_epochs
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        out = self.model(batch["image"], self.mask_ratio, norm_pix_loss=self.norm_pix_loss)
-        self.log_metrics({"train/loss": out["loss"]}, batch_size=batch["image"].shape[0], on_step=True)
+        images = self.images(batch)
+        out = self.model(images, self.mask_ratio, norm_pix_loss=self.norm_pix_loss)
+        self.log_metrics({"train/loss": out["loss"]}, batch_size=images.shape[0], on_step=True)
         return out["loss"]
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        images = batch["image"]
+        images = self.images(batch)
         gen = torch.Generator().manual_seed(1000 + batch_idx)  # the same masks every validation
         out = self.model(images, self.mask_ratio, norm_pix_loss=self.norm_pix_loss, generator=gen)
         self.log_metrics({"val/loss": out["loss"]}, batch_size=images.shape[0])

@@ -42,6 +42,13 @@ class PretrainTask(MedvitTask):
             self._probe = KnnProbe(spec.pop("card"), transforms=self.transforms_spec, seed=0, **spec)
         self.probe_start: float | None = None
 
+    @staticmethod
+    def images(batch: dict) -> torch.Tensor:
+        """The batch's images as a plain tensor (3D batches are MetaTensors, whose metadata cannot follow the
+        crops, chunks and masked selections of the objectives)."""
+        image = batch["image"]
+        return image.as_tensor() if hasattr(image, "as_tensor") else image
+
     # -- what the run leaves ------------------------------------------------------------------------------
 
     def trained_backbone(self) -> nn.Module:
