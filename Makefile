@@ -31,7 +31,7 @@ quickstart: $(STAMP)
 test: $(STAMP) $(DEV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
