@@ -22,6 +22,7 @@ import numpy as np
 from medvit.errors import InputError
 from medvit.inference.slides import PALETTE, CellsPrediction
 
+CHUNK = 10_000  # CSV rows formatted at a time
 CSV_COLUMNS = ("id", "x", "y", "x_um", "y_um", "type", "type_name", "type_prob", "area_um2")
 
 
@@ -32,11 +33,10 @@ def colour(value: int) -> list[int]:
 
 def write_geojson(pred: CellsPrediction, path: Path) -> None:
     """A GeoJSON FeatureCollection of the nuclei, streamed feature by feature (a slide has 10^5-10^6)."""
-    names = pred.type_names()
+    classes = {v: {"name": pred.type_name(v), "color": colour(v)} for v in np.unique(pred.types).tolist()}
     with open(path, "w", encoding="utf-8") as fh:
         fh.write('{"type": "FeatureCollection", "features": [\n')
         for i, ring in enumerate(pred.contours):
-            value = int(pred.types[i])
             feature = {
                 "type": "Feature",
                 "id": f"medvit-{i + 1}",
@@ -44,7 +44,7 @@ def write_geojson(pred: CellsPrediction, path: Path) -> None:
                 "properties": {
                     "objectType": "detection",
                     "isLocked": False,
-                    "classification": {"name": names[i], "color": colour(value)},
+                    "classification": classes[int(pred.types[i])],
                     "measurements": {
                         "Area µm^2": round(float(pred.areas_um2[i]), 3),
                         "Type probability": round(float(pred.type_probs[i]), 4),
@@ -56,11 +56,14 @@ def write_geojson(pred: CellsPrediction, path: Path) -> None:
 
 
 def write_cells_csv(pred: CellsPrediction, path: Path) -> None:
-    rows = pred.rows()
+    """One row per nucleus, written :data:`CHUNK` rows at a time (Python lists of a whole slide's rows would
+    cost more memory than the prediction)."""
     with open(path, "w", newline="", encoding="utf-8") as fh:
         out = csv.writer(fh)
         out.writerow(CSV_COLUMNS)
-        out.writerows(zip(*(rows[c] for c in CSV_COLUMNS), strict=True))
+        for start in range(0, len(pred), CHUNK):
+            rows = pred.rows(start, start + CHUNK)
+            out.writerows(zip(*(rows[c] for c in CSV_COLUMNS), strict=True))
 
 
 def write_instances(pred: CellsPrediction, path: Path) -> None:

@@ -43,7 +43,7 @@ from medvit.device import autocast, cpu_count
 from medvit.errors import ConfigError, InputError
 from medvit.inference.cases import SLIDE_ONLY
 from medvit.memory import mmap_large_allocations
-from medvit.postprocess.tiles import TileGrid, TileNuclei, tile_nuclei
+from medvit.postprocess.tiles import Rings, TileGrid, TileNuclei, tile_nuclei
 
 DEFAULT_OVERLAP = 0.25  # of the tile: 64 px on CellVTA's 256 px tiles, more than a nucleus' diameter at 40x
 TWIN_DISTANCE = 3.0  # model pixels: two tiles' centroids this close are one nucleus (nuclei are >= 8 px across)
@@ -65,7 +65,8 @@ class CellsPrediction:
         types: ``[N]`` type values.
         type_probs: ``[N]`` fraction of each nucleus' pixels that voted for its type.
         areas_um2: ``[N]`` areas in square micrometres.
-        contours: ``N`` closed polygons ``[M, 2]``, level-0 ``(x, y)`` pixels.
+        contours: ``N`` closed polygons ``[M, 2]``, level-0 ``(x, y)`` pixels (a sequence of float64 arrays,
+            kept compact in one array: :class:`~medvit.postprocess.tiles.Rings`).
         mpp: Level-0 micrometres per pixel.
         region: ``(x, y, w, h)`` level-0 pixels predicted (the whole slide, or ``--roi``).
         instances: Instance ids ``1..N`` on the region's level-0 grid (tiles and regions only).
@@ -81,7 +82,7 @@ class CellsPrediction:
     types: np.ndarray
     type_probs: np.ndarray
     areas_um2: np.ndarray
-    contours: list[np.ndarray]
+    contours: Rings
     mpp: float
     region: tuple[int, int, int, int]
     instances: np.ndarray | None = None
@@ -94,8 +95,12 @@ class CellsPrediction:
     def __len__(self) -> int:
         return len(self.types)
 
+    def type_name(self, value: int) -> str:
+        """The name of type ``value`` (``type_<value>`` for a value the package does not name)."""
+        return self.labels.get(int(value), f"type_{int(value)}")
+
     def type_names(self) -> list[str]:
-        return [self.labels.get(int(t), f"type_{int(t)}") for t in self.types]
+        return [self.type_name(t) for t in self.types]
 
     def counts(self) -> dict[str, int]:
         """Nuclei per type name (every type of the package, zeros included; background left out)."""
@@ -122,18 +127,20 @@ class CellsPrediction:
 
         return pd.DataFrame(self.rows())
 
-    def rows(self) -> dict[str, list]:
-        x, y = self.centroids[:, 0], self.centroids[:, 1]
+    def rows(self, start: int = 0, stop: int | None = None) -> dict[str, list]:
+        """Columns of :meth:`table` for the nuclei ``start:stop`` (all by default)."""
+        part = slice(start, len(self) if stop is None else stop)
+        x, y = self.centroids[part, 0], self.centroids[part, 1]
         return {
-            "id": list(range(1, len(self) + 1)),
+            "id": list(range(part.start + 1, part.start + len(x) + 1)),
             "x": np.round(x, 2).tolist(),
             "y": np.round(y, 2).tolist(),
             "x_um": np.round(x * self.mpp, 3).tolist(),
             "y_um": np.round(y * self.mpp, 3).tolist(),
-            "type": self.types.astype(int).tolist(),
-            "type_name": self.type_names(),
-            "type_prob": np.round(self.type_probs, 4).tolist(),
-            "area_um2": np.round(self.areas_um2, 3).tolist(),
+            "type": self.types[part].astype(int).tolist(),
+            "type_name": [self.type_name(t) for t in self.types[part]],
+            "type_prob": np.round(self.type_probs[part], 4).tolist(),
+            "area_um2": np.round(self.areas_um2[part], 3).tolist(),
         }
 
 
@@ -474,7 +481,7 @@ def _drop_twins(found: list[TileNuclei]) -> list[TileNuclei]:
                 types=f.types[keep],
                 type_probs=f.type_probs[keep],
                 areas=f.areas[keep],
-                contours=[f.contours[i] for i in keep],
+                contours=f.contours.take(keep),
                 masks=None if f.masks is None else [f.masks[i] for i in keep],
             )
         )
@@ -491,11 +498,11 @@ def _assemble(found, labels, region, scale, mpp0, grid, want_maps) -> CellsPredi
     types = np.concatenate([f.types for f in found]) if found else np.zeros(0, np.int32)
     probs = np.concatenate([f.type_probs for f in found]) if found else np.zeros(0, np.float32)
     areas = np.concatenate([f.areas for f in found]) if found else np.zeros(0, np.int64)
-    contours = [c / scale + offset for f in found for c in f.contours]
     # a canvas pixel is 1/scale level-0 pixels a side; centroids of pixel centres: (i + 0.5) / scale - 0.5
+    shift = offset + (0.5 / scale - 0.5) if scale != 1.0 else offset
     if scale != 1.0:
         centroids = centroids + (0.5 / scale - 0.5)
-        contours = [c + (0.5 / scale - 0.5) for c in contours]
+    contours = Rings.concat([f.contours for f in found]).mapped(scale, shift)
     pred = CellsPrediction(
         labels=dict(labels),
         centroids=centroids,

@@ -176,3 +176,28 @@ def test_polygons_keep_only_turns_and_the_area_of_before():
         assert shapely.contains_xy(poly, xs + 7, ys + 3).all()  # every pixel centre inside
     square = _polygon(np.ones((1, 1), bool), 5, 9)
     assert Polygon(square).area == 1.0 and Polygon(square).bounds == (4.5, 8.5, 5.5, 9.5)
+
+
+def test_rings_keep_polygons_compact_and_map_them_on_access():
+    from medvit.postprocess.tiles import Rings
+
+    rng = np.random.default_rng(0)
+    polys = [np.round(rng.uniform(0, 5000, (n, 2)) * 2) / 2 for n in (5, 4, 9, 6)]
+    rings = Rings.of(polys)
+    assert rings.points.dtype == np.float32 and len(rings) == 4  # half pixels: exact in float32
+    assert all(np.array_equal(a, b) for a, b in zip(rings, polys, strict=True))
+    assert np.array_equal(rings[-1], polys[-1])
+    with pytest.raises(IndexError):
+        rings[4]
+    both = Rings.concat([rings, Rings.of(polys[:2]), Rings.of([])])
+    assert len(both) == 6 and np.array_equal(both[5], polys[1])
+    kept = both.take([5, 0, 2])
+    assert [len(r) for r in kept] == [4, 5, 9] and np.array_equal(kept[2], polys[2])
+    assert len(both.take([])) == 0 and len(Rings.concat([])) == 0
+    moved = kept.mapped(2.0, (10.0, 20.0)).mapped(0.5, (1.0, 1.0))  # (p / 2 + (10, 20)) / 0.5 + 1
+    assert np.allclose(moved[1], (polys[0] / 2 + [10, 20]) / 0.5 + 1)
+    assert np.array_equal(kept[1:][0], polys[0])
+    far = Rings.of([np.array([[2.0**23 + 0.5, 1.0], [0.0, 0.0]])])  # beyond float32's half pixels: float64
+    assert far.points.dtype == np.float64 and far[0][0, 0] == 2.0**23 + 0.5
+    with pytest.raises(ValueError, match="unmapped"):
+        Rings.concat([moved])
