@@ -52,7 +52,7 @@ medvit's predict then lowers its own to the CPUs its post-processing workers lea
 least 1) while the slide runs, so ``--medvit-threads`` is a cap on that, not a setting. What medvit does by
 itself that was measured here first (as monkeypatches, since removed): threads so shared out, up to
 ``max(4 x workers, 2 x batch)`` tiles in post-processing at once, pixel types without torch's slow
-``argmax(1)``, outlines without scikit-image's ``approximate_polygon``, and ``malloc_trim`` every 16 batches
+``argmax(1)``, outlines without scikit-image's ``approximate_polygon``, and ``malloc_trim`` every 4 batches
 (glibc's heap otherwise grows over the slide); together 0.45x -> 0.33x the reference's time, memory flat.
 
     python benchmarks/bench_wsi.py                                          # 20000^2, tiny network, 3 repeats
