@@ -42,7 +42,8 @@ for that alone, and torch's OpenMP threads suffer most (use ``--threads 1`` ther
   mean of the instance's pixels. Precision fp32 (plain MONAI; ``--ref-precision auto`` for bf16 autocast).
 * **network alone**: the same Predictor's network, precision, layout and batch size over exactly the tiles
   medvit ran (its grid, its tissue mask), tiles read and normalised untimed; the CellVTA forward and the
-  oracle timed apart.
+  oracle timed apart. Its memory is sampled as the other two pipelines' is (the sampler's reads of
+  ``/proc/<pid>/smaps_rollup`` cost a little CPU: every pipeline pays it).
 
 The pipelines alternate over ``--repeats`` and the minimum is quoted. Both pipelines' nuclei are matched to the
 slide's (centroids < 3 px apart at level 0, one-to-one, closest first) and to each other.
@@ -369,7 +370,7 @@ def child_network(cfg: dict) -> dict:
     mean, std = _norm(predictor.spec)
     slide, grid, boxes, run, target = _medvit_tiles(predictor, cfg["slide"])
     net_s = oracle_s = 0.0
-    cpu = CpuShare()
+    tree, cpu = TreePeak(), CpuShare()  # sampled as in the other children: the ratio compares like with like
     with slide:
         for start in range(0, len(run), predictor.batch_size):
             images = [
@@ -388,8 +389,16 @@ def child_network(cfg: dict) -> dict:
                 t2 = time.perf_counter()
             net_s += t1 - t
             oracle_s += t2 - t1
-    share = cpu.stop()
-    return {"net_s": net_s, "oracle_s": oracle_s, "seconds": net_s + oracle_s, "tiles": len(run), "cpu": share}
+    tree_peak, share = tree.stop(), cpu.stop()
+    return {
+        "net_s": net_s,
+        "oracle_s": oracle_s,
+        "seconds": net_s + oracle_s,
+        "tiles": len(run),
+        "cpu": share,
+        "peak_mb": _hwm_mb(),
+        "tree_peak_mb": tree_peak,
+    }
 
 
 def child_reference(cfg: dict) -> dict:
@@ -760,7 +769,8 @@ def report(results: dict, truth: dict, large: dict | None, args) -> None:
             print(f"{label:<28} {best['seconds']:>8.1f} {med:>9.1f} {max(x['peak_mb'] for x in rs):>12.0f} "
                   f"{max(x['tree_peak_mb'] for x in rs):>13.0f} {best['nuclei']:>8} {sc['precision']:>6.4f} "
                   f"{sc['recall']:>6.4f} {sc['f1']:>6.4f} {dups:>5}")  # fmt: skip
-        print(f"{'network alone (medvit tiles)':<28} {net['seconds']:>8.1f} {'':>9} {'':>12} {'':>13} {'':>8}   "
+        print(f"{'network alone (medvit tiles)':<28} {net['seconds']:>8.1f} {'':>9} {net['peak_mb']:>12.0f} "
+              f"{net['tree_peak_mb']:>13.0f} {'':>8}   "
               f"CellVTA {net['net_s']:.1f} s + oracle {net['oracle_s']:.1f} s, {net['tiles']} tiles")  # fmt: skip
         print(f"truth: {len(truth['types'])} nuclei")
         print(f"medvit stages (best run): {m['timing']}; tiles {tiles}; model load {m['load_s']:.1f} s")
