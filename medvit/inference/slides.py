@@ -101,9 +101,6 @@ class CellsPrediction:
         """The name of type ``value`` (``type_<value>`` for a value the package does not name)."""
         return self.labels.get(int(value), f"type_{int(value)}")
 
-    def type_names(self) -> list[str]:
-        return [self.type_name(t) for t in self.types]
-
     def counts(self) -> dict[str, int]:
         """Nuclei per type name (every type of the package, zeros included; background left out)."""
         found = np.bincount(self.types, minlength=max(self.labels) + 1) if len(self) else None
@@ -133,14 +130,15 @@ class CellsPrediction:
         """Columns of :meth:`table` for the nuclei ``start:stop`` (all by default)."""
         part = slice(start, len(self) if stop is None else stop)
         x, y = self.centroids[part, 0], self.centroids[part, 1]
+        types = self.types[part].astype(int).tolist()
         return {
             "id": list(range(part.start + 1, part.start + len(x) + 1)),
             "x": np.round(x, 2).tolist(),
             "y": np.round(y, 2).tolist(),
             "x_um": np.round(x * self.mpp, 3).tolist(),
             "y_um": np.round(y * self.mpp, 3).tolist(),
-            "type": self.types[part].astype(int).tolist(),
-            "type_name": [self.type_name(t) for t in self.types[part]],
+            "type": types,
+            "type_name": [self.type_name(t) for t in types],
             "type_prob": np.round(self.type_probs[part], 4).tolist(),
             "area_um2": np.round(self.areas_um2[part], 3).tolist(),
         }
@@ -496,14 +494,12 @@ def _assemble(found, labels, region, scale, mpp0, grid, want_maps) -> CellsPredi
     rx, ry, rw, rh = region
     offset = np.array([rx, ry], dtype=np.float64)
     cents = [f.centroids for f in found if len(f)]
-    centroids = np.concatenate(cents) / scale + offset if cents else np.zeros((0, 2))
+    # a canvas pixel is 1/scale level-0 pixels a side; centroids of pixel centres: (i + 0.5) / scale - 0.5
+    shift = offset + (0.5 / scale - 0.5)  # the offset alone at scale 1
+    centroids = np.concatenate(cents) / scale + shift if cents else np.zeros((0, 2))
     types = np.concatenate([f.types for f in found]) if found else np.zeros(0, np.int32)
     probs = np.concatenate([f.type_probs for f in found]) if found else np.zeros(0, np.float32)
     areas = np.concatenate([f.areas for f in found]) if found else np.zeros(0, np.int64)
-    # a canvas pixel is 1/scale level-0 pixels a side; centroids of pixel centres: (i + 0.5) / scale - 0.5
-    shift = offset + (0.5 / scale - 0.5) if scale != 1.0 else offset
-    if scale != 1.0:
-        centroids = centroids + (0.5 / scale - 0.5)
     contours = Rings.concat([f.contours for f in found]).mapped(scale, shift)
     pred = CellsPrediction(
         labels=dict(labels),

@@ -132,8 +132,7 @@ class Rings(Sequence):
         lengths = np.concatenate([np.diff(p.starts) for p in parts])
         starts = np.zeros(len(lengths) + 1, np.int64)
         np.cumsum(lengths, out=starts[1:])
-        dtype = np.result_type(*(p.points.dtype for p in parts))
-        return cls(np.concatenate([p.points for p in parts]).astype(dtype, copy=False), starts)
+        return cls(np.concatenate([p.points for p in parts]), starts)
 
     def take(self, keep) -> Rings:
         """The rings at the indices ``keep``, in that order."""
