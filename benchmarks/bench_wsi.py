@@ -49,8 +49,9 @@ The pipelines alternate over ``--repeats`` and the minimum is quoted. Both pipel
 slide's (centroids < 3 px apart at level 0, one-to-one, closest first) and to each other.
 
 Threads: each child starts with ``--threads`` torch threads (medvit's with ``--medvit-threads`` when given).
-medvit's predict then lowers its own to the CPUs its post-processing workers leave (``CPUs - workers``, at
-least 1) while the slide runs, so ``--medvit-threads`` is a cap on that, not a setting. What medvit does by
+medvit's predict shares the CPUs out while the slide runs (``medvit.inference.slides.ThreadShare``: the most
+threads that leave its post-processing workers the CPUs they are measured to use: one on two CPUs with the tiny
+network, both with the small one), so ``--medvit-threads`` is a cap on that, not a setting. What medvit does by
 itself that was measured here first (as monkeypatches, since removed): threads so shared out, up to
 ``max(4 x workers, 2 x batch)`` tiles in post-processing at once, pixel types without torch's slow
 ``argmax(1)``, outlines without scikit-image's ``approximate_polygon``, and ``malloc_trim`` every 4 batches

@@ -7,9 +7,13 @@ in batches under bf16 autocast where the device does it -> HoVer post-processing
 processes while the next batches run -> each nucleus reported once (:mod:`medvit.postprocess.tiles`) ->
 level-0 coordinates.
 
-The CPUs are shared out, not oversubscribed: while a slide runs, torch's intra-op threads are at most the CPUs
-left over by the post-processing workers (restored afterwards), and up to ``max(4 * workers, 2 * batch)``
-tiles may be in post-processing at once, so that the workers keep busy while the network runs the next batch.
+The CPUs are shared out, not oversubscribed: while a slide runs on the CPU, torch's intra-op threads are the
+most that leave the post-processing workers and the tile readers the CPUs they are measured to use at the tile
+rate those threads give (:class:`ThreadShare`: a small network whose tiles keep the workers busy gets the CPUs
+they leave; a realistic one, whose workers are idle most of the time, gets all of them); on a GPU, the CPUs
+the workers leave. The caller's thread count is a cap and is restored afterwards. Up to
+``max(4 * workers, 2 * batch)`` tiles may be in post-processing at once, so that the workers keep busy while
+the network runs the next batch.
 
 Memory holds the tiles in flight and the nuclei found, never the slide: peak memory does not grow with the
 slide's size (an instance map is kept only for tiles and regions, which are bounded). On glibc the main
@@ -236,6 +240,7 @@ def predict_cells(
         want_maps = (slide.backend == "image" or roi is not None) and w0 * h0 <= MAP_LIMIT
         hover = _hover_options(target)
         found, stage = _run_tiles(predictor, slide, grid, run, boxes, target, hover, want_maps, workers)
+        threads = stage.pop("threads")
         timing.update(stage)
         facts = {
             "file": path.name,
@@ -257,6 +262,7 @@ def predict_cells(
     overlap = grid.overlap
     pred.tiles = {"total": len(cells), "run": len(run), "skipped": len(cells) - len(run), "size": tile}
     pred.tiles["overlap"] = overlap
+    pred.tiles["threads"] = threads
     pred.timing = {**timing, "total_s": time.perf_counter() - t0}
     return pred
 
@@ -304,9 +310,9 @@ def _run_tiles(predictor, slide, grid, run, boxes, target, hover, want_maps, wor
     workers = max(0, cpu_count() - 1) if workers is None else int(workers)
     if len(run) <= batch_size:  # one batch: starting processes costs more than it saves
         workers = 0
-    # torch's threads on the CPUs the workers leave (never more than it had: a caller's cap stands); the
-    # workers get enough tiles in flight to keep busy while the network runs the next batch
-    threads = min(torch.get_num_threads(), max(1, cpu_count() - workers))
+    # torch's threads shared out with the workers (never more than it had: a caller's cap stands); the workers
+    # get enough tiles in flight to keep busy while the network runs the next batch
+    share = ThreadShare(cpu_count(), torch.get_num_threads(), workers, adapt=predictor.device.type == "cpu")
     in_flight = max(4 * workers, 2 * batch_size)
     trim = _malloc_trim()
     pre = spec.preprocessing
@@ -320,7 +326,7 @@ def _run_tiles(predictor, slide, grid, run, boxes, target, hover, want_maps, wor
     pending: deque = deque()
     previous_threads = torch.get_num_threads()
     try:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(share.threads)
         batches = 0
         reads = deque()
         ahead = 4 * batch_size
@@ -331,7 +337,7 @@ def _run_tiles(predictor, slide, grid, run, boxes, target, hover, want_maps, wor
                 cr = next(queue, None)
                 if cr is None:
                     return
-                reads.append((cr, readers.submit(_read_tile, slide, boxes[cr], target, grid.tile)))
+                reads.append((cr, readers.submit(_timed, _read_tile, slide, boxes[cr], target, grid.tile)))
 
         refill()
         while reads:
@@ -339,12 +345,16 @@ def _run_tiles(predictor, slide, grid, run, boxes, target, hover, want_maps, wor
             batch = []
             while reads and len(batch) < batch_size:
                 cr, fut = reads.popleft()
-                batch.append((cr, fut.result()))
+                img, cpu_s = fut.result()
+                batch.append((cr, img))
+                share.side(cpu_s, 0)
             refill()
             stage["read_s"] += time.perf_counter() - t
             t = time.perf_counter()
             maps = _infer(predictor, np.stack([img for _, img in batch]), mean, std)
-            stage["infer_s"] += time.perf_counter() - t
+            seconds = time.perf_counter() - t
+            stage["infer_s"] += seconds
+            share.network(seconds, len(batch))
             batches += 1
             if trim is not None and batches % TRIM_EVERY == 0:
                 trim(0)
@@ -355,14 +365,16 @@ def _run_tiles(predictor, slide, grid, run, boxes, target, hover, want_maps, wor
                     found.append(tile_nuclei(*args, want_masks=want_maps, hover=hover))
                     stage["post_s"] += time.perf_counter() - t
                 else:
-                    pending.append(pool.submit(tile_nuclei, *args, want_masks=want_maps, hover=hover))
+                    pending.append(pool.submit(_timed, tile_nuclei, *args, want_masks=want_maps, hover=hover))
             t = time.perf_counter()
             while pending and (pending[0].done() or len(pending) > in_flight):
-                found.append(_result(pending.popleft()))
+                found.append(_result(pending.popleft(), share))
             stage["post_s"] += time.perf_counter() - t
+            if share.threads != torch.get_num_threads():
+                torch.set_num_threads(share.threads)
         t = time.perf_counter()
         while pending:
-            found.append(_result(pending.popleft()))
+            found.append(_result(pending.popleft(), share))
         stage["post_s"] += time.perf_counter() - t
     finally:
         torch.set_num_threads(previous_threads)
@@ -373,6 +385,7 @@ def _run_tiles(predictor, slide, grid, run, boxes, target, hover, want_maps, wor
             pool.shutdown(wait=True, cancel_futures=True)
         if trim is not None:
             trim(0)
+    stage["threads"] = share.summary()
     return found, stage
 
 
@@ -394,11 +407,87 @@ def _post_pool(workers: int):
     )
 
 
-def _result(future: cf.Future) -> TileNuclei:
+def _result(future: cf.Future, share: ThreadShare) -> TileNuclei:
     try:
-        return future.result()
+        nuclei, cpu_s = future.result()
     except cf.process.BrokenProcessPool as exc:
         raise RuntimeError(f"a post-processing worker process died (out of memory, or {_MAIN_GUARD})") from exc
+    share.side(cpu_s, 1)
+    return nuclei
+
+
+def _timed(fn: Callable, *args, **kwargs) -> tuple[Any, float]:
+    """``fn(*args, **kwargs)`` and the CPU seconds its thread spent on it (a reader thread's, a worker's)."""
+    t = time.thread_time()
+    out = fn(*args, **kwargs)
+    return out, time.thread_time() - t
+
+
+class ThreadShare:
+    """torch's intra-op threads while a slide runs, out of ``cap`` (the caller's count) on ``cpus`` CPUs.
+
+    The post-processing workers and the tile readers work beside the network; their CPU seconds per tile are
+    measured as tiles come back (:meth:`side`), and the network's seconds per tile at each thread count it ran
+    with (:meth:`network`, the latest batches weighted most). :attr:`threads` is then the most threads ``k``
+    (up to ``cap``) for which ``k`` plus the CPUs the side work needs at the tile rate of ``k`` threads
+    (rounded) fits on ``cpus``; a count not run yet is estimated from the nearest one run, as if the network
+    scaled linearly (optimistic, so it is corrected after it runs). It moves after the same answer twice in a
+    row, not on one noisy batch. A small network, whose tiles keep the workers busy, so gets the CPUs they
+    leave (on two CPUs with one worker: one thread); a realistic one on the CPU, whose workers are idle most
+    of the time, gets all of them. It starts at ``cap``: nothing is in post-processing yet.
+
+    Without ``adapt`` (the network on a GPU: torch's CPU threads do not run it) or without workers (the
+    post-processing then runs between batches, not beside them) it stays at the CPUs the workers leave.
+    """
+
+    MIN_TILES = 4  # tiles back from post-processing before the side work's cost is trusted
+
+    def __init__(self, cpus: int, cap: int, workers: int, *, adapt: bool = True) -> None:
+        self.cpus = max(1, int(cpus))
+        self.cap = max(1, min(int(cap), self.cpus))
+        self.adapt = bool(adapt) and workers > 0
+        self.threads = self.cap if self.adapt else min(self.cap, max(1, self.cpus - workers))
+        self.side_cpu, self.side_tiles = 0.0, 0
+        self.per_tile: dict[int, float] = {}  # threads -> the network's seconds per tile
+        self._next: int | None = None
+        self.used: dict[int, int] = {}  # threads -> tiles run with them
+
+    def side(self, cpu_s: float, tiles: int) -> None:
+        """Record CPU seconds of side work (a read: ``tiles`` 0; a post-processed tile: 1)."""
+        self.side_cpu += float(cpu_s)
+        self.side_tiles += int(tiles)
+
+    def network(self, seconds: float, tiles: int) -> None:
+        """Record a batch of ``tiles`` the network ran in ``seconds`` at :attr:`threads`; then choose again."""
+        k = self.threads
+        self.used[k] = self.used.get(k, 0) + tiles
+        now = seconds / max(1, tiles)
+        self.per_tile[k] = now if k not in self.per_tile else 0.5 * (self.per_tile[k] + now)
+        if not self.adapt or self.side_tiles < self.MIN_TILES:
+            return
+        choice = self.choose()
+        if choice != self.threads and choice == self._next:
+            self.threads = choice
+        self._next = choice
+
+    def choose(self) -> int:
+        """The most threads whose tile rate leaves the side work the CPUs it needs (class docstring)."""
+        cost = self.side_cpu / max(1, self.side_tiles)
+        for k in range(self.cap, 1, -1):
+            near = min(self.per_tile, key=lambda j: abs(j - k))
+            seconds = self.per_tile.get(k, self.per_tile[near] * near / k)
+            if k + math.floor(cost / seconds + 0.5) <= self.cpus:
+                return k
+        return 1
+
+    def summary(self) -> dict[str, Any]:
+        """For the manifest: CPUs, cap, tiles run at each thread count, side work CPU ms a tile."""
+        return {
+            "cpus": self.cpus,
+            "cap": self.cap,
+            "tiles_by_threads": {str(k): v for k, v in sorted(self.used.items())},
+            "side_cpu_ms_per_tile": round(1000 * self.side_cpu / max(1, self.side_tiles), 1),
+        }
 
 
 @functools.cache
