@@ -118,13 +118,46 @@ def hover_instances(
     edges = np.maximum(edge_h, edge_v) * blob
     surface = -ndi.gaussian_filter((1.0 - edges) * blob, sigma=0.8)
     markers = blob & (edges < edge_threshold)
-    markers = ndi.binary_fill_holes(markers)
-    markers = ndi.binary_opening(markers, structure=disk(open_radius)) if open_radius > 0 else markers
+    markers = fill_holes(markers)
+    markers = binary_opening(markers, disk(open_radius).astype(bool)) if open_radius > 0 else markers
     markers = ndi.label(markers)[0]
     if marker_min_size > 1:
         markers = remove_small_objects(markers, max_size=marker_min_size - 1)
     inst = watershed(surface, markers=markers, mask=blob)
     return _renumber(inst)
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``scipy.ndimage.binary_fill_holes(mask)`` (holes: background not 4-connected to the border), by one
+    labelling of the background instead of SciPy's dilation to convergence (~3x faster on a 256 px tile)."""
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != 2 or 0 in mask.shape:
+        return ndi.binary_fill_holes(mask)
+    background, n = ndi.label(~mask)
+    outside = np.zeros(n + 1, dtype=bool)
+    for edge in (background[0], background[-1], background[:, 0], background[:, -1]):
+        outside[edge] = True
+    outside[0] = True  # the mask itself
+    return mask | ~outside[background]
+
+
+def binary_opening(mask: np.ndarray, footprint: np.ndarray) -> np.ndarray:
+    """``scipy.ndimage.binary_opening(mask, structure=footprint)`` for a small symmetric 2D footprint of odd
+    side (outside the image is background), as ANDs then ORs of shifted views: ~7x faster than SciPy's on a
+    256 px tile with ``disk(2)``."""
+    mask, footprint = np.asarray(mask, dtype=bool), np.asarray(footprint, dtype=bool)
+    r, c = footprint.shape[0] // 2, footprint.shape[1] // 2
+    offsets = list(zip(*np.nonzero(footprint), strict=True))
+    h, w = mask.shape
+
+    def shifted(x: np.ndarray, reduce) -> np.ndarray:
+        padded = np.pad(x, ((r, r), (c, c)))
+        out = padded[offsets[0][0] : offsets[0][0] + h, offsets[0][1] : offsets[0][1] + w].copy()
+        for dy, dx in offsets[1:]:
+            reduce(out, padded[dy : dy + h, dx : dx + w], out=out)
+        return out
+
+    return shifted(shifted(mask, np.logical_and), np.logical_or)
 
 
 def _renumber(inst: np.ndarray) -> np.ndarray:

@@ -294,6 +294,7 @@ def _turns(ring: np.ndarray) -> np.ndarray:
     pts = ring[:-1]
     if len(pts) < 3:
         return ring
-    before, after = pts - np.roll(pts, 1, 0), np.roll(pts, -1, 0) - pts
+    after = np.diff(ring, axis=0)  # pts[i] -> pts[i + 1] (the ring is closed)
+    before = np.concatenate([after[-1:], after[:-1]])
     turns = pts[before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0] != 0]
     return np.vstack([turns, turns[:1]]) if len(turns) >= 3 else ring

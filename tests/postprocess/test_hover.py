@@ -3,7 +3,7 @@ import pytest
 
 from medvit.metrics import panoptic_quality
 from medvit.postprocess import hover_instances, hover_postprocess, hv_maps, vote_types
-from medvit.postprocess.hover import _renumber, sobel_kernels
+from medvit.postprocess.hover import _renumber, binary_opening, fill_holes, sobel_kernels
 
 
 def touching_nuclei():
@@ -111,6 +111,27 @@ def test_renumber_and_vote_types_are_the_loops_they_replaced(kind):
     assert vote_types(inst, types) == _vote_types_loop(inst, types)  # probabilities bit for bit
     onehot = np.eye(6)[types].transpose(2, 0, 1)
     assert vote_types(inst, onehot) == _vote_types_loop(inst, types)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fill_holes_and_opening_are_scipys(seed):
+    """The markers' hole filling and opening give SciPy's masks bit for bit: blobs with holes, masks touching
+    the border, thin and one-pixel shapes, all false, all true, one row."""
+    from scipy import ndimage as ndi
+    from skimage.morphology import disk
+
+    rng = np.random.default_rng(seed)
+    masks = [ndi.gaussian_filter(rng.random((int(rng.integers(3, 90)), int(rng.integers(3, 90)))), s) > t
+             for s in (0.6, 1.2, 2.5) for t in (0.45, 0.5, 0.55) for _ in range(4)]  # fmt: skip
+    ring = np.zeros((20, 20), bool)
+    ring[3:12, 3:12], ring[6:9, 6:9] = True, False  # a hole, and one at the border below
+    ring[14:20, 5:10], ring[17:20, 6:9] = True, False
+    masks += [ring, np.zeros((7, 9), bool), np.ones((7, 9), bool)]
+    masks += [rng.random((1, 30)) > 0.5, rng.random((30, 1)) > 0.5]
+    for m in masks:
+        assert np.array_equal(fill_holes(m), ndi.binary_fill_holes(m))
+        for r in (1, 2, 3):
+            assert np.array_equal(binary_opening(m, disk(r)), ndi.binary_opening(m, structure=disk(r)))
 
 
 def test_sobel_kernels_and_bad_arguments():
