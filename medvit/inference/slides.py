@@ -429,18 +429,24 @@ class ThreadShare:
     The post-processing workers and the tile readers work beside the network; their CPU seconds per tile are
     measured as tiles come back (:meth:`side`), and the network's seconds per tile at each thread count it ran
     with (:meth:`network`, the latest batches weighted most). :attr:`threads` is then the most threads ``k``
-    (up to ``cap``) for which ``k`` plus the CPUs the side work needs at the tile rate of ``k`` threads
-    (rounded) fits on ``cpus``; a count not run yet is estimated from the nearest one run, as if the network
-    scaled linearly (optimistic, so it is corrected after it runs). It moves after the same answer twice in a
-    row, not on one noisy batch. A small network, whose tiles keep the workers busy, so gets the CPUs they
-    leave (on two CPUs with one worker: one thread); a realistic one on the CPU, whose workers are idle most
-    of the time, gets all of them. It starts at ``cap``: nothing is in post-processing yet.
+    (up to ``cap``) for which ``k`` plus the whole CPUs the side work needs at the tile rate of ``k`` threads
+    (:data:`SHARED` of a CPU excepted) fits on ``cpus``; a count not run yet is estimated from the nearest one
+    run, as if the network scaled linearly (optimistic, so it is corrected after it runs). It moves after the
+    same answer twice in a row, not on one noisy batch. A small network, whose tiles keep the workers busy, so
+    gets the CPUs they leave (on two CPUs with one worker: one thread); a realistic one on the CPU, whose
+    workers are idle most of the time, gets all of them. It starts at ``cap``: nothing is in post-processing
+    yet.
 
     Without ``adapt`` (the network on a GPU: torch's CPU threads do not run it) or without workers (the
     post-processing then runs between batches, not beside them) it stays at the CPUs the workers leave.
     """
 
     MIN_TILES = 4  # tiles back from post-processing before the side work's cost is trusted
+    # side work up to this many CPUs runs beside all of torch's threads; more gets whole CPUs of its own: torch's
+    # OpenMP threads lose far more than the CPU share they give up (they wait on the one slowed, and spin while
+    # waiting). Tiny CellVTA on 2 CPUs with 0.3-0.5 CPU of post-processing: 2 threads ran 142 ms a tile, 1 thread
+    # ~100 ms (bench_wsi --size 4096)
+    SHARED = 0.1
 
     def __init__(self, cpus: int, cap: int, workers: int, *, adapt: bool = True) -> None:
         self.cpus = max(1, int(cpus))
@@ -476,7 +482,7 @@ class ThreadShare:
         for k in range(self.cap, 1, -1):
             near = min(self.per_tile, key=lambda j: abs(j - k))
             seconds = self.per_tile.get(k, self.per_tile[near] * near / k)
-            if k + math.floor(cost / seconds + 0.5) <= self.cpus:
+            if k + max(0, math.ceil(cost / seconds - self.SHARED)) <= self.cpus:
                 return k
         return 1
 
