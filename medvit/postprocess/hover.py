@@ -119,7 +119,7 @@ def hover_instances(
     surface = -ndi.gaussian_filter((1.0 - edges) * blob, sigma=0.8)
     markers = blob & (edges < edge_threshold)
     markers = fill_holes(markers)
-    markers = binary_opening(markers, disk(open_radius).astype(bool)) if open_radius > 0 else markers
+    markers = binary_opening(markers, disk(open_radius)) if open_radius > 0 else markers
     markers = ndi.label(markers)[0]
     if marker_min_size > 1:
         markers = remove_small_objects(markers, max_size=marker_min_size - 1)
